@@ -1,0 +1,76 @@
+# One entry point for every task. `make demo` and `make test` are the two a newcomer needs.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Tools (buf, grpc_tools, ruff, mypy, pytest) come from the project's own venv.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+STAMP := $(VENV)/.installed
+BASELINE := proto/published/agentflux-v1.binpb
+TYPED := services $(wildcard interceptors)
+
+.PHONY: help venv gen gen-check publish-contract lint fmt typecheck stack-up stack-down stack-status demo test test-unit test-integration clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP) ## Create .venv and install agentflux with its dev extras
+
+gen: $(STAMP) ## Regenerate gen/python from proto/
+	buf format -w
+	scripts/gen-python gen/python
+
+gen-check: $(STAMP) ## Fail when gen/ or proto formatting is stale, lint fails, or a change breaks the published contract
+	buf lint
+	buf format --diff --exit-code
+	buf breaking --against $(BASELINE)
+	scripts/gen-check
+
+publish-contract: $(STAMP) ## Make the current contracts the baseline `buf breaking` compares against
+	buf build -o $(BASELINE)
+
+lint: $(STAMP) ## ruff (lint and format check) and mypy
+	ruff check .
+	ruff format --check .
+	mypy $(TYPED)
+
+fmt: $(STAMP) ## Format Python and proto files
+	ruff format .
+	ruff check --fix .
+	buf format -w
+
+typecheck: $(STAMP)
+	mypy $(TYPED)
+
+stack-up: $(STAMP) ## Install (if missing) and start Kafka, RabbitMQ, Redis and Memcached on loopback
+	agentflux stack up
+
+stack-down: $(STAMP) ## Stop what `stack up` started (data is kept; add ARGS=--wipe to delete it)
+	agentflux stack down $(ARGS)
+
+stack-status: $(STAMP) ## Show each local service and its port
+	agentflux stack status
+
+demo: stack-up ## Start the stack and send one message through Kafka, RabbitMQ, Redis and Memcached
+	agentflux demo
+
+test: stack-up gen-check lint ## Everything CI runs: stack, contract checks, lint, types, all tests
+	pytest
+
+test-unit: $(STAMP) ## Unit tests only (no stack needed)
+	pytest tests/unit
+
+test-integration: stack-up ## Integration tests against the real brokers
+	pytest tests/integration
+
+clean: ## Remove the venv and caches (not the stack's data: `agentflux stack down --wipe`)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""agentflux services: gateway, planner, worker, composer, indexer and their shared runtime."""

@@ -1,0 +1,1 @@
+"""Shared runtime of the services: settings, contracts, broker and cache adapters, topology."""

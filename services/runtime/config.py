@@ -1,0 +1,165 @@
+"""One typed settings object for every agentflux process.
+
+Every field is read from an `AGENTFLUX_<FIELD>` environment variable (or from the file
+named by `AGENTFLUX_ENV_FILE`, default `.agentflux.env`); nothing else in agentflux
+reads the environment. `agentflux config` prints the fields, their variables and the
+values in force.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings", "default_stack_dir"]
+
+_CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def default_stack_dir() -> Path:
+    """`.stack/` at the root of a source checkout, else `.stack/` in the working directory."""
+    if (_CHECKOUT / "pyproject.toml").is_file():
+        return _CHECKOUT / ".stack"
+    return Path.cwd() / ".stack"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "agentflux"
+
+
+class Settings(BaseSettings):
+    """Settings of an agentflux process. Field docs are shown by `agentflux config`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTFLUX_",
+        env_file=os.environ.get("AGENTFLUX_ENV_FILE", ".agentflux.env"),
+        extra="ignore",
+        frozen=True,
+    )
+
+    # -- where the local stack lives ------------------------------------------------
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the local stack binds to and clients connect to. Keep it on loopback.",
+    )
+    stack_dir: Path = Field(
+        default_factory=default_stack_dir,
+        description="Data, logs and pid files of the local stack (git-ignored `.stack/`).",
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Downloads kept across wipes and checkouts (Kafka jars), outside the repo.",
+    )
+    startup_timeout_s: float = Field(
+        180.0, gt=0, description="Seconds `stack up` waits for one service to become ready."
+    )
+
+    # -- Kafka ----------------------------------------------------------------------
+    kafka_version: str = Field(
+        "4.1.1", description="Apache Kafka version the local stack runs (Maven Central jars)."
+    )
+    kafka_port: int = Field(39092, ge=1, le=65535, description="Kafka broker (PLAINTEXT) port.")
+    kafka_controller_port: int = Field(
+        39093, ge=1, le=65535, description="Kafka KRaft controller port."
+    )
+    kafka_heap_mb: int = Field(512, ge=128, description="Kafka JVM heap cap, in MiB.")
+    kafka_partitions: int = Field(
+        3, ge=1, description="Partitions of each contract topic created by `stack up`."
+    )
+    kafka_retention_ms: int = Field(
+        30 * 24 * 3600 * 1000,
+        ge=-1,
+        description="retention.ms of contract topics; long enough to replay (-1 keeps forever).",
+    )
+    kafka_bootstrap: str = Field(
+        "",
+        description="Bootstrap servers of an existing cluster; empty means the local stack's.",
+    )
+
+    # -- RabbitMQ -------------------------------------------------------------------
+    rabbitmq_port: int = Field(35672, ge=1, le=65535, description="RabbitMQ AMQP port.")
+    rabbitmq_dist_port: int = Field(
+        35673, ge=1, le=65535, description="RabbitMQ Erlang distribution port (rabbitmqctl)."
+    )
+    rabbitmq_epmd_port: int = Field(
+        34369, ge=1, le=65535, description="Port of the local stack's own Erlang port mapper."
+    )
+    rabbitmq_node: str = Field(
+        "agentflux@localhost", description="Erlang node name of the local RabbitMQ."
+    )
+    rabbitmq_url: str = Field(
+        "", description="AMQP URL of an existing broker; empty means the local stack's."
+    )
+    tool_task_retry_delays_ms: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [1_000, 5_000, 30_000],
+        description="Delay tiers of tool-task retries, comma-separated milliseconds.",
+    )
+
+    # -- Redis ----------------------------------------------------------------------
+    redis_port: int = Field(36379, ge=1, le=65535, description="Redis port.")
+    redis_url: str = Field("", description="Redis URL of an existing server; empty means local.")
+
+    # -- Memcached ------------------------------------------------------------------
+    memcached_port: int = Field(31211, ge=1, le=65535, description="Memcached port.")
+    memcached_memory_mb: int = Field(64, ge=8, description="Memcached memory cap, in MiB.")
+    memcached_servers: str = Field(
+        "", description="host:port of an existing memcached; empty means the local stack's."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_delay_tiers(cls, data: Any) -> Any:
+        raw = data.get("tool_task_retry_delays_ms") if isinstance(data, dict) else None
+        if isinstance(raw, str):
+            data["tool_task_retry_delays_ms"] = [int(p) for p in raw.split(",") if p.strip()]
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if any(d <= 0 for d in self.tool_task_retry_delays_ms):
+            raise ValueError("tool_task_retry_delays_ms: every delay must be > 0 ms")
+        ports = {
+            "kafka_port": self.kafka_port,
+            "kafka_controller_port": self.kafka_controller_port,
+            "rabbitmq_port": self.rabbitmq_port,
+            "rabbitmq_dist_port": self.rabbitmq_dist_port,
+            "rabbitmq_epmd_port": self.rabbitmq_epmd_port,
+            "redis_port": self.redis_port,
+            "memcached_port": self.memcached_port,
+        }
+        seen: dict[int, str] = {}
+        for name, port in ports.items():
+            if port in seen:
+                raise ValueError(f"{name} and {seen[port]} are both {port}; give each its own port")
+            seen[port] = name
+        return self
+
+    # Connection targets: an explicit URL wins, else the local stack's address.
+    @cached_property
+    def kafka_bootstrap_servers(self) -> str:
+        """Bootstrap servers clients use."""
+        return self.kafka_bootstrap or f"{self.host}:{self.kafka_port}"
+
+    @cached_property
+    def amqp_url(self) -> str:
+        """AMQP URL clients use."""
+        return self.rabbitmq_url or f"amqp://guest:guest@{self.host}:{self.rabbitmq_port}/"
+
+    @cached_property
+    def redis_dsn(self) -> str:
+        """Redis URL clients use."""
+        return self.redis_url or f"redis://{self.host}:{self.redis_port}/0"
+
+    @cached_property
+    def memcached_address(self) -> tuple[str, int]:
+        """(host, port) of the memcached server clients use."""
+        if not self.memcached_servers:
+            return (self.host, self.memcached_port)
+        host, _, port = self.memcached_servers.rpartition(":")
+        return (host or self.host, int(port))
