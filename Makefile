@@ -64,7 +64,9 @@ demo: stack-up ## Start the stack and send one message through Kafka, RabbitMQ, 
 	agentflux demo
 
 test: stack-up gen-check lint ## Everything CI runs: stack, contract checks, lint, types, all tests
-	pytest
+	@rc=0; pytest || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; fi; \
+	exit $$rc
 
 test-unit: $(STAMP) ## Unit tests only (no stack needed)
 	pytest tests/unit

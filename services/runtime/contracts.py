@@ -88,7 +88,9 @@ class ContractRegistry:
         try:
             return self.events[name]
         except KeyError:
-            raise KeyError(f"{name} is not an event contract (no (agentflux.v1.event) option)") from None
+            raise KeyError(
+                f"{name} is not an event contract (no (agentflux.v1.event) option)"
+            ) from None
 
     def event_for_topic(self, topic: str) -> EventContract:
         """The contract of the one event type carried by `topic`."""
@@ -103,7 +105,9 @@ class ContractRegistry:
         try:
             return self.tasks[name]
         except KeyError:
-            raise KeyError(f"{name} is not a task contract (no (agentflux.v1.task) option)") from None
+            raise KeyError(
+                f"{name} is not a task contract (no (agentflux.v1.task) option)"
+            ) from None
 
     def amqp_priority(self, priority: int) -> int:
         """AMQP message priority for a `agentflux.v1.Priority` value."""
@@ -160,12 +164,16 @@ def _priorities(enum: EnumDescriptor) -> dict[int, int]:
     for value in enum.values:
         opts = value.GetOptions()
         if not opts.HasExtension(options_pb2.amqp_priority):
-            raise ContractError(f"{value.full_name}: no (agentflux.v1.amqp_priority) option")
+            raise ContractError(
+                f"{enum.full_name}.{value.name}: no (agentflux.v1.amqp_priority) option"
+            )
         out[value.number] = opts.Extensions[options_pb2.amqp_priority]
     return out
 
 
-def build_registry(files: Iterable[FileDescriptor], priority_enum: EnumDescriptor) -> ContractRegistry:
+def build_registry(
+    files: Iterable[FileDescriptor], priority_enum: EnumDescriptor
+) -> ContractRegistry:
     """Reads and checks the contracts declared in `files`."""
     events: dict[str, EventContract] = {}
     tasks: dict[str, TaskContract] = {}
@@ -216,6 +224,4 @@ def build_registry(files: Iterable[FileDescriptor], priority_enum: EnumDescripto
 @cache
 def registry() -> ContractRegistry:
     """The registry of agentflux's own contracts (read once, then cached)."""
-    return build_registry(
-        (m.DESCRIPTOR for m in CONTRACT_MODULES), types_pb2.Priority.DESCRIPTOR
-    )
+    return build_registry((m.DESCRIPTOR for m in CONTRACT_MODULES), types_pb2.Priority.DESCRIPTOR)

@@ -1,0 +1,116 @@
+"""The `agentflux` command line."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from services import stack
+from services.runtime.config import Settings
+from services.stack import ServiceStatus
+
+app = typer.Typer(
+    name="agentflux",
+    help="agentflux: an event-driven runtime for AI agents.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stack_app = typer.Typer(
+    help="The local stack: Kafka, RabbitMQ, Redis and Memcached on loopback.",
+    no_args_is_help=True,
+)
+app.add_typer(stack_app, name="stack")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [
+            f"  AGENTFLUX_{'_'.join(str(p) for p in e['loc']).upper() or '...'}: {e['msg']}"
+            for e in exc.errors()
+        ]
+        typer.secho("invalid configuration:\n" + "\n".join(lines), fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def _say(line: str) -> None:
+    typer.echo(line)
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.secho(f"error: {exc}", fg="red", err=True)
+    return typer.Exit(1)
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Install what is missing, start all four services and create topics and queues."""
+    settings = _settings()
+    try:
+        stack.up(settings, say=_say)
+    except stack.StackError as exc:
+        typer.echo("run `agentflux stack status` to see what is running", err=True)
+        raise _fail(exc) from None
+    _print_status(stack.status(settings))
+
+
+@stack_app.command("down")
+def stack_down(
+    wipe: Annotated[bool, typer.Option("--wipe", help="Also delete data and logs.")] = False,
+) -> None:
+    """Stop the services `stack up` started (data is kept unless --wipe)."""
+    stack.down(_settings(), wipe=wipe, say=_say)
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Show each service, its ports and whether it answers. Exit 1 unless all are healthy."""
+    statuses = stack.status(_settings())
+    _print_status(statuses)
+    if not all(s.healthy for s in statuses):
+        raise typer.Exit(1)
+
+
+def _print_status(statuses: list[ServiceStatus]) -> None:
+    typer.echo(f"{'SERVICE':<10} {'STATE':<8} {'PID':>7}  {'ADDRESS':<44} DETAIL")
+    for s in statuses:
+        ports = ",".join(f"{p}({role})" for role, p in s.ports.items())
+        state = "healthy" if s.healthy else ("down" if s.pid is None else "failing")
+        color = "green" if s.healthy else "red"
+        pid = str(s.pid) if s.pid else "-"
+        line = f"{s.name:<10} {state:<8} {pid:>7}  {s.host + ':' + ports:<44} "
+        typer.echo(line + typer.style(s.detail, fg=color))
+
+
+@app.command("config")
+def config() -> None:
+    """Print every setting: its environment variable, value in force and meaning."""
+    settings = _settings()
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        typer.echo(f"AGENTFLUX_{name.upper()}={value}")
+        typer.echo(typer.style(f"    {field.description}", dim=True))
+
+
+@app.command("demo")
+def demo() -> None:
+    """Send one message through Kafka, RabbitMQ, Redis and Memcached with agentflux's adapters."""
+    from services.demo import run_demo
+
+    try:
+        asyncio.run(run_demo(_settings(), say=_say))
+    except Exception as exc:
+        typer.echo("is the stack up? `agentflux stack up` (or `make demo`) starts it", err=True)
+        raise _fail(exc) from None
+
+
+def main() -> None:
+    """Entry point of the `agentflux` script."""
+    app()

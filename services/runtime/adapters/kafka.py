@@ -1,0 +1,218 @@
+"""Kafka producer and consumer on confluent-kafka, usable from asyncio.
+
+librdkafka does its network work on its own threads; what blocks is waiting for
+delivery reports (producer) and for records (consumer). The producer serves delivery
+reports on one small thread and hands them to the event loop; the consumer runs
+`consume()` batches on a single-thread executor so the loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer as _Consumer
+from confluent_kafka import (
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from services.runtime.config import Settings
+
+__all__ = ["Delivered", "KafkaConsumer", "KafkaProducer", "consumer_config", "producer_config"]
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """Producer defaults: idempotent (no duplicates or reordering on retry), acks=all,
+    and a 1 ms linger because the request path is latency-bound, not throughput-bound."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 1,
+        "compression.type": "lz4",
+        "message.timeout.ms": 30_000,
+    }
+    conf.update(overrides)
+    return conf
+
+
+def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
+    """Consumer defaults: nothing is committed until the application stored the offset
+    of a record it finished, so a crash re-delivers instead of losing work."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": False,
+        # Bounded waits keep shutdown and rebalances prompt; the broker still answers
+        # a fetch as soon as one record arrives.
+        "fetch.wait.max.ms": 100,
+        "fetch.error.backoff.ms": 100,
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 1_000,
+    }
+    conf.update(overrides)
+    return conf
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """Where the broker stored a produced record."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class KafkaProducer:
+    """An idempotent producer whose `produce` returns once the broker acknowledged."""
+
+    def __init__(self, settings: Settings, **config: Any) -> None:
+        self._producer = Producer(producer_config(settings, **config))
+        self._closed = threading.Event()
+        self._poller = threading.Thread(
+            target=self._serve_reports, name="kafka-producer", daemon=True
+        )
+        self._poller.start()
+
+    def _serve_reports(self) -> None:
+        # poll() returns as soon as a report is ready, so the timeout only bounds how
+        # long close() waits for this thread; it is not a busy loop.
+        while not self._closed.is_set():
+            self._producer.poll(0.2)
+
+    async def produce(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+    ) -> Delivered:
+        """Produces one record and waits for the broker's acknowledgement.
+
+        Raises `KafkaException` when the record cannot be delivered (unknown topic,
+        record too large, broker unreachable past `message.timeout.ms`)."""
+        if self._closed.is_set():
+            raise RuntimeError("producer is closed")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Delivered] = loop.create_future()
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            loop.call_soon_threadsafe(_settle, done, err, msg)
+
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value, key, headers=list(headers or ()), on_delivery=report
+                )
+                break
+            except BufferError:
+                # The local queue is full: let delivery reports drain it, then retry.
+                await asyncio.sleep(0.005)
+        return await done
+
+    async def flush(self, timeout: float = 10.0) -> int:
+        """Waits for outstanding records; returns how many are still undelivered."""
+        remaining: int = await asyncio.to_thread(self._producer.flush, timeout)
+        return remaining
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Flushes and stops the report thread. Undelivered records fail their callers."""
+        if self._closed.is_set():
+            return
+        await self.flush(timeout)
+        self._closed.set()
+        await asyncio.to_thread(self._poller.join)
+
+
+def _settle(done: asyncio.Future[Delivered], err: KafkaError | None, msg: Message) -> None:
+    if done.done():  # the caller gave up (cancelled); nothing to tell
+        return
+    if err is not None:
+        done.set_exception(KafkaException(err))
+    else:
+        done.set_result(Delivered(msg.topic() or "", msg.partition() or 0, msg.offset() or 0))
+
+
+class KafkaConsumer:
+    """A group consumer with manual offset storage and commits.
+
+    The application calls `store(record)` once a record's work is done, and
+    `commit()` when it wants stored offsets to be durable; offsets are also committed
+    when partitions are revoked and on `close()`, so a rebalance does not redeliver
+    finished work."""
+
+    def __init__(
+        self, settings: Settings, group_id: str, topics: Sequence[str], **config: Any
+    ) -> None:
+        conf = consumer_config(settings, group_id, **config)
+        self._consumer = _Consumer(conf)
+        self._topics = list(topics)
+        # librdkafka wants one thread driving consume(); a single worker serialises it.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kafka-{group_id}")
+        self._started = False
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._commit_stored()
+
+    def _commit_stored(self) -> None:
+        try:
+            self._consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            # Nothing stored since the last commit is not an error.
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                raise
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def start(self) -> None:
+        """Joins the group and subscribes to the topics."""
+        if not self._started:
+            await self._run(
+                lambda: self._consumer.subscribe(self._topics, on_revoke=self._on_revoke)
+            )
+            self._started = True
+
+    async def consume(self, max_records: int = 100, timeout: float = 0.5) -> list[Message]:
+        """Returns up to `max_records` records, or none after `timeout` seconds.
+
+        Raises `KafkaException` on fatal errors; partition-level notices are skipped."""
+        await self.start()
+        batch: list[Message] = await self._run(self._consumer.consume, max_records, timeout)
+        out = []
+        for record in batch:
+            err = record.error()
+            if err is None:
+                out.append(record)
+            elif err.fatal() or (not err.retriable() and err.code() != KafkaError._PARTITION_EOF):
+                raise KafkaException(err)
+        return out
+
+    def store(self, record: Message) -> None:
+        """Marks `record` finished: its offset + 1 is committed by the next commit."""
+        self._consumer.store_offsets(message=record)
+
+    async def commit(self) -> None:
+        """Commits the stored offsets and waits for the broker to confirm."""
+        await self._run(self._commit_stored)
+
+    async def close(self) -> None:
+        """Commits stored offsets, leaves the group and stops the worker thread."""
+        if self._started:
+            await self._run(self._commit_stored)
+        await self._run(self._consumer.close)
+        self._executor.shutdown(wait=True)

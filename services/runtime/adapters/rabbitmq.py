@@ -1,0 +1,115 @@
+"""RabbitMQ publisher and consumer on aio-pika.
+
+Publishing waits for the broker's confirm and uses `mandatory`, so a message that no
+queue accepts raises instead of vanishing. Consuming uses manual acks with a prefetch
+window: a message is removed only when the handler acks it after its work is done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+    DeliveryMode,
+)
+
+from services.runtime.config import Settings
+
+__all__ = ["PROTOBUF", "RabbitConnection"]
+
+PROTOBUF = "application/protobuf"
+
+
+class RabbitConnection:
+    """One robust connection and one confirming channel; reconnects on its own."""
+
+    def __init__(self, connection: AbstractRobustConnection, channel: AbstractChannel) -> None:
+        self.connection = connection
+        self.channel = channel
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    @classmethod
+    async def connect(
+        cls, settings: Settings, *, prefetch: int = 64, timeout: float = 10.0
+    ) -> Self:
+        """Connects to `settings.amqp_url` and opens a channel with publisher confirms.
+
+        `prefetch` bounds the unacknowledged deliveries a consumer holds at once; well
+        above 1 so a worker is not idle while an ack travels."""
+        connection = await aio_pika.connect_robust(
+            settings.amqp_url, timeout=timeout, client_properties={"connection_name": "agentflux"}
+        )
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=prefetch)
+        return cls(connection, channel)
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        if not name:
+            return self.channel.default_exchange
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            # Passive: the topology is declared by `stack up`/the services, never
+            # implied by a publish with a typo in it.
+            exchange = await self.channel.get_exchange(name, ensure=True)
+            self._exchanges[name] = exchange
+        return exchange
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+        message_id: str | None = None,
+        message_type: str | None = None,
+        content_type: str = PROTOBUF,
+        timeout: float = 10.0,
+    ) -> None:
+        """Publishes a persistent message and waits for the broker's confirm.
+
+        Raises `aio_pika.exceptions.DeliveryError` when the broker nacks it or no queue
+        is bound for `routing_key` (the message is returned, not dropped)."""
+        message = aio_pika.Message(
+            body,
+            headers=dict(headers or {}),
+            content_type=content_type,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            priority=priority,
+            message_id=message_id,
+            type=message_type,
+        )
+        target = await self._exchange(exchange)
+        await target.publish(message, routing_key, mandatory=True, timeout=timeout)
+
+    async def consume(self, queue: str) -> AsyncIterator[AbstractIncomingMessage]:
+        """Yields deliveries of `queue` (which must exist) until the connection closes.
+
+        Each delivery must be acked, nacked or rejected by the caller."""
+        q = await self.channel.get_queue(queue, ensure=True)
+        async with q.iterator() as deliveries:
+            async for delivery in deliveries:
+                yield delivery
+
+    async def close(self) -> None:
+        """Closes the channel and the connection."""
+        await self.connection.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

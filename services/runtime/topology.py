@@ -1,0 +1,161 @@
+"""Broker topology derived from the contracts: Kafka topics and RabbitMQ exchanges/queues.
+
+`stack up` declares it on the local stack, services declare it on start (both are
+idempotent), and tests declare a copy under their own name prefix.
+
+RabbitMQ, per task contract (names from its `(agentflux.v1.task)` option):
+
+    <exchange>        direct  --<queue>-->        <queue>   (x-max-priority, DLX -> <exchange>.dlx)
+    <exchange>.retry  direct  --<queue>.retry.<N>ms--> <queue>.retry.<N>ms
+                              (x-message-ttl N, dead-letters back to <exchange> / <queue>)
+    <exchange>.dlx    direct  --<dead_letter_queue>--> <dead_letter_queue>
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from aio_pika import ExchangeType
+from aio_pika.abc import AbstractChannel
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from services.runtime.config import Settings
+from services.runtime.contracts import ContractRegistry, TaskContract, registry
+
+__all__ = [
+    "TaskTopology",
+    "TopicSpec",
+    "declare_task_topology",
+    "ensure_kafka_topics",
+    "kafka_topics",
+    "task_topologies",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A Kafka topic to create."""
+
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def kafka_topics(
+    settings: Settings, contracts: ContractRegistry | None = None, prefix: str = ""
+) -> list[TopicSpec]:
+    """Every event topic of the contracts plus the dead-letter topic."""
+    contracts = contracts or registry()
+    config = {"retention.ms": str(settings.kafka_retention_ms)}
+    names = [*contracts.topics, contracts.dead_letter_topic]
+    return [TopicSpec(prefix + name, settings.kafka_partitions, dict(config)) for name in names]
+
+
+async def ensure_kafka_topics(
+    settings: Settings, specs: Sequence[TopicSpec], timeout: float = 30.0
+) -> dict[str, bool]:
+    """Creates the topics that do not exist yet; returns name -> created (False: existed)."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    futures = admin.create_topics(
+        [NewTopic(s.name, num_partitions=s.partitions, config=s.config) for s in specs],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )
+    result: dict[str, bool] = {}
+    for name, fut in futures.items():
+        try:
+            await asyncio.wrap_future(fut)
+            result[name] = True
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+            result[name] = False
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class TaskTopology:
+    """Names of everything one task contract needs on RabbitMQ."""
+
+    exchange: str
+    queue: str
+    max_priority: int
+    retry_exchange: str
+    retry_queues: dict[int, str]  # delay in ms -> queue
+    dead_letter_exchange: str
+    dead_letter_queue: str
+
+    @property
+    def routing_key(self) -> str:
+        """Routing key of `queue` on `exchange`."""
+        return self.queue
+
+
+def task_topology(settings: Settings, contract: TaskContract, prefix: str = "") -> TaskTopology:
+    """The topology of one task contract, names optionally prefixed (tests)."""
+    exchange = prefix + contract.exchange
+    queue = prefix + contract.queue
+    return TaskTopology(
+        exchange=exchange,
+        queue=queue,
+        max_priority=contract.max_priority,
+        retry_exchange=f"{exchange}.retry",
+        retry_queues={d: f"{queue}.retry.{d}ms" for d in settings.tool_task_retry_delays_ms},
+        dead_letter_exchange=f"{exchange}.dlx",
+        dead_letter_queue=prefix + contract.dead_letter_queue,
+    )
+
+
+def task_topologies(
+    settings: Settings, contracts: ContractRegistry | None = None, prefix: str = ""
+) -> list[TaskTopology]:
+    """Topologies of every task contract."""
+    contracts = contracts or registry()
+    return [task_topology(settings, c, prefix) for c in contracts.tasks.values()]
+
+
+async def declare_task_topology(channel: AbstractChannel, topo: TaskTopology) -> None:
+    """Declares (idempotently) exchanges, queues and bindings of `topo`.
+
+    Queues are classic: quorum queues in the RabbitMQ shipped by Debian have no
+    priorities, and priorities are what lets urgent runs overtake background work."""
+    work = await channel.declare_exchange(topo.exchange, ExchangeType.DIRECT, durable=True)
+    retry = await channel.declare_exchange(topo.retry_exchange, ExchangeType.DIRECT, durable=True)
+    dlx = await channel.declare_exchange(
+        topo.dead_letter_exchange, ExchangeType.DIRECT, durable=True
+    )
+
+    main = await channel.declare_queue(
+        topo.queue,
+        durable=True,
+        arguments={
+            "x-queue-type": "classic",
+            "x-max-priority": topo.max_priority,
+            "x-dead-letter-exchange": topo.dead_letter_exchange,
+            "x-dead-letter-routing-key": topo.dead_letter_queue,
+        },
+    )
+    await main.bind(work, routing_key=topo.routing_key)
+
+    for delay_ms, name in topo.retry_queues.items():
+        # A retry waits out its TTL here, then dead-letters back onto the work queue.
+        q = await channel.declare_queue(
+            name,
+            durable=True,
+            arguments={
+                "x-queue-type": "classic",
+                "x-message-ttl": delay_ms,
+                "x-dead-letter-exchange": topo.exchange,
+                "x-dead-letter-routing-key": topo.routing_key,
+            },
+        )
+        await q.bind(retry, routing_key=name)
+
+    dead = await channel.declare_queue(
+        topo.dead_letter_queue, durable=True, arguments={"x-queue-type": "classic"}
+    )
+    await dead.bind(dlx, routing_key=topo.dead_letter_queue)
