@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from services import stack
 from services.runtime.config import Settings
 from services.stack import ServiceStatus
+from services.trace_cmd import trace
 
 app = typer.Typer(
     name="agentflux",
@@ -109,6 +110,9 @@ def demo() -> None:
     except Exception as exc:
         typer.echo("is the stack up? `agentflux stack up` (or `make demo`) starts it", err=True)
         raise _fail(exc) from None
+
+
+app.command("trace")(trace)
 
 
 def main() -> None:

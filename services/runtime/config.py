@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "default_stack_dir"]
@@ -112,18 +112,43 @@ class Settings(BaseSettings):
         "", description="host:port of an existing memcached; empty means the local stack's."
     )
 
+    # -- tracing --------------------------------------------------------------------
+    span_store: bool = Field(
+        True,
+        description="Append finished spans to `<stack_dir>/traces/` for `agentflux trace`.",
+    )
+    otlp_endpoint: str = Field(
+        "",
+        description="OTLP/gRPC collector (host:port) to export spans to; empty exports none.",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _split_delay_tiers(cls, data: Any) -> Any:
         raw = data.get("tool_task_retry_delays_ms") if isinstance(data, dict) else None
         if isinstance(raw, str):
-            data["tool_task_retry_delays_ms"] = [int(p) for p in raw.split(",") if p.strip()]
+            # Items stay strings: pydantic converts each and names the field (and the
+            # position) of one that is not a number.
+            data["tool_task_retry_delays_ms"] = [p.strip() for p in raw.split(",") if p.strip()]
         return data
+
+    @field_validator("memcached_servers")
+    @classmethod
+    def _check_memcached_servers(cls, value: str) -> str:
+        # Checked here so a typo fails at start-up, not at the first cache call.
+        if value:
+            _, sep, port = value.rpartition(":")
+            if not (sep and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+                raise ValueError(f"{value!r} is not host:port (port 1-65535)")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if any(d <= 0 for d in self.tool_task_retry_delays_ms):
-            raise ValueError("tool_task_retry_delays_ms: every delay must be > 0 ms")
+        delays = self.tool_task_retry_delays_ms
+        if not delays or any(d <= 0 for d in delays) or len(set(delays)) != len(delays):
+            raise ValueError(
+                "tool_task_retry_delays_ms: give one or more distinct delays, each > 0 ms"
+            )
         ports = {
             "kafka_port": self.kafka_port,
             "kafka_controller_port": self.kafka_controller_port,
@@ -141,6 +166,11 @@ class Settings(BaseSettings):
         return self
 
     # Connection targets: an explicit URL wins, else the local stack's address.
+    @property
+    def span_store_dir(self) -> Path | None:
+        """Folder of the local span store, or None when it is off."""
+        return self.stack_dir / "traces" if self.span_store else None
+
     @cached_property
     def kafka_bootstrap_servers(self) -> str:
         """Bootstrap servers clients use."""

@@ -48,6 +48,10 @@ class EventContract:
         if event.DESCRIPTOR.full_name != self.type_name:
             raise TypeError(f"{event.DESCRIPTOR.full_name} is not {self.type_name}")
         value: str = getattr(event, self.key_field)
+        if not value:
+            # An empty key sends every such event to one partition and loses the
+            # per-conversation order the key exists for: refuse it at the producer.
+            raise ValueError(f"{self.type_name}.{self.key_field} is empty; it is the Kafka key")
         return value.encode()
 
 
@@ -122,7 +126,16 @@ def _type_name(message: Message | type[Message] | str) -> str:
 
 
 def _messages(file: FileDescriptor) -> Iterable[Descriptor]:
-    return file.message_types_by_name.values()
+    # Nested messages too: an option on one must not be silently ignored.
+    for desc in file.message_types_by_name.values():
+        yield desc
+        yield from _nested(desc)
+
+
+def _nested(desc: Descriptor) -> Iterable[Descriptor]:
+    for inner in desc.nested_types:
+        yield inner
+        yield from _nested(inner)
 
 
 def _event_of(desc: Descriptor) -> EventContract | None:

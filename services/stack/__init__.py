@@ -84,7 +84,7 @@ def _start(service: Service, say: Say) -> int:
             raise StackError(
                 f"{service.name}: port {host}:{port} ({role}) is taken by another process "
                 f"not started by this stack; stop it or choose another port "
-                f"(AGENTFLUX_{service.name.upper()}_PORT ...). Log: {service.log_file}"
+                f"(AGENTFLUX_{service.port_fields[role].upper()}). Log: {service.log_file}"
             )
     service.prepare(say)
     return spawn(

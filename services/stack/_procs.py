@@ -68,7 +68,10 @@ def spawn(
 
 
 def stop(pid: int, timeout: float) -> bool:
-    """SIGTERM to the process group, SIGKILL after `timeout`. True if it stopped in time."""
+    """SIGTERM to the process group, SIGKILL after `timeout`. True if it stopped in time.
+
+    Waits for every process of the group, not only its leader: a helper that outlives
+    the leader (or ignores SIGTERM) is killed too, never left running on its own."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pid, sig)
@@ -77,9 +80,24 @@ def stop(pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             _reap(pid)
-            if not is_alive(pid):
+            if not _group_alive(pid):
                 return sig == signal.SIGTERM
             time.sleep(0.1)
+    return False
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` still runs (zombies count as gone)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited while we looked
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[2] == str(pgid) and fields[0] != "Z":
+            return True
     return False
 
 

@@ -15,6 +15,7 @@ import subprocess
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import ClassVar
 
 import aio_pika
 import redis
@@ -37,6 +38,8 @@ class Service(ABC):
     name: str
     # Commands it needs on the machine (installed by `ensure_commands`).
     commands: tuple[str, ...]
+    # Settings field of each port it binds, by role; the first is the one clients use.
+    port_fields: ClassVar[dict[str, str]]
     stop_timeout: float = 20.0
 
     def __init__(self, settings: Settings) -> None:
@@ -47,9 +50,9 @@ class Service(ABC):
         self.pid_file = self.root / f"{self.name}.pid"
 
     @property
-    @abstractmethod
     def ports(self) -> dict[str, int]:
         """Ports it binds, by role; the first is the one clients use."""
+        return {role: getattr(self.settings, field) for role, field in self.port_fields.items()}
 
     @property
     def port(self) -> int:
@@ -82,9 +85,7 @@ class Redis(Service):
     name = "redis"
     commands = ("redis-server",)
 
-    @property
-    def ports(self) -> dict[str, int]:
-        return {"redis": self.settings.redis_port}
+    port_fields: ClassVar[dict[str, str]] = {"redis": "redis_port"}
 
     def argv(self) -> list[str]:
         s = self.settings
@@ -118,9 +119,7 @@ class Memcached(Service):
     commands = ("memcached",)
     stop_timeout = 5.0
 
-    @property
-    def ports(self) -> dict[str, int]:
-        return {"memcached": self.settings.memcached_port}
+    port_fields: ClassVar[dict[str, str]] = {"memcached": "memcached_port"}
 
     def argv(self) -> list[str]:
         s = self.settings
@@ -153,10 +152,10 @@ class RabbitMQ(Service):
     commands = ("/usr/lib/rabbitmq/bin/rabbitmq-server",)
     stop_timeout = 30.0
 
-    @property
-    def ports(self) -> dict[str, int]:
-        s = self.settings
-        return {"amqp": s.rabbitmq_port, "erlang-dist": s.rabbitmq_dist_port}
+    port_fields: ClassVar[dict[str, str]] = {
+        "amqp": "rabbitmq_port",
+        "erlang-dist": "rabbitmq_dist_port",
+    }
 
     def prepare(self, say: Say) -> None:
         super().prepare(say)
@@ -233,10 +232,10 @@ class Kafka(Service):
     commands = ("java", "mvn")
     stop_timeout = 30.0
 
-    @property
-    def ports(self) -> dict[str, int]:
-        s = self.settings
-        return {"broker": s.kafka_port, "controller": s.kafka_controller_port}
+    port_fields: ClassVar[dict[str, str]] = {
+        "broker": "kafka_port",
+        "controller": "kafka_controller_port",
+    }
 
     @property
     def libs(self) -> Path:

@@ -7,7 +7,8 @@ window: a message is removed only when the handler acks it after its work is don
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import asyncio
+from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -46,7 +47,9 @@ class RabbitConnection:
         connection = await aio_pika.connect_robust(
             settings.amqp_url, timeout=timeout, client_properties={"connection_name": "agentflux"}
         )
-        channel = await connection.channel(publisher_confirms=True)
+        # on_return_raises: without it aio-pika resolves the publish of a returned
+        # (unroutable) mandatory message as if it had been delivered.
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         await channel.set_qos(prefetch_count=prefetch)
         return cls(connection, channel)
 
@@ -56,8 +59,12 @@ class RabbitConnection:
         exchange = self._exchanges.get(name)
         if exchange is None:
             # Passive: the topology is declared by `stack up`/the services, never
-            # implied by a publish with a typo in it.
-            exchange = await self.channel.get_exchange(name, ensure=True)
+            # implied by a publish with a typo in it. The check runs on a channel of
+            # its own because the broker closes the channel a failed check ran on,
+            # and that must not be the one this connection publishes and consumes on.
+            async with aio_pika.Channel(self.connection, publisher_confirms=False) as probe:
+                await probe.get_exchange(name, ensure=True)
+            exchange = await self.channel.get_exchange(name, ensure=False)
             self._exchanges[name] = exchange
         return exchange
 
@@ -90,14 +97,28 @@ class RabbitConnection:
         target = await self._exchange(exchange)
         await target.publish(message, routing_key, mandatory=True, timeout=timeout)
 
-    async def consume(self, queue: str) -> AsyncIterator[AbstractIncomingMessage]:
+    async def consume(self, queue: str) -> AsyncGenerator[AbstractIncomingMessage, None]:
         """Yields deliveries of `queue` (which must exist) until the connection closes.
 
-        Each delivery must be acked, nacked or rejected by the caller."""
+        Each delivery must be acked, nacked or rejected by the caller. To stop early,
+        `aclose()` the generator (e.g. `contextlib.aclosing`): that cancels the consumer
+        and returns the deliveries it prefetched but did not yield to the queue."""
         q = await self.channel.get_queue(queue, ensure=True)
-        async with q.iterator() as deliveries:
+        deliveries = q.iterator()
+        try:
             async for delivery in deliveries:
                 yield delivery
+        finally:
+            try:
+                await deliveries.close()
+            except (Exception, asyncio.CancelledError):
+                # A generator left suspended (a `break` without aclose()) is finalised
+                # on the event loop's schedule, possibly while close() tears the
+                # connection down (which cancels the consumer's cancel): then there is
+                # no consumer left to cancel. A cancellation of this task still wins.
+                task = asyncio.current_task()
+                if not self.connection.close_called or (task and task.cancelling()):
+                    raise
 
     async def close(self) -> None:
         """Closes the channel and the connection."""

@@ -12,14 +12,21 @@ from services.runtime.config import Settings
 __all__ = ["connect_redis"]
 
 
-def connect_redis(settings: Settings, *, timeout: float = 5.0) -> aioredis.Redis:
+def connect_redis(
+    settings: Settings, *, timeout: float = 5.0, max_connections: int = 64
+) -> aioredis.Redis:
     """A pooled asyncio client for `settings.redis_dsn` (hiredis parses replies when
     installed, which the `redis[hiredis]` dependency ensures)."""
-    client: aioredis.Redis = aioredis.Redis.from_url(
+    # A blocking pool: a burst of concurrent handlers waits for a connection instead
+    # of failing with MaxConnectionsError once the pool is exhausted.
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_dsn,
+        max_connections=max_connections,
+        timeout=timeout,
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
         health_check_interval=30,
         client_name="agentflux",
     )
+    client: aioredis.Redis = aioredis.Redis.from_pool(pool)  # owns and closes the pool
     return client

@@ -1,0 +1,121 @@
+"""Where each context field travels on each transport, and how to read and write it.
+
+`CONTEXT_KEYS` is the one table: a field's gRPC metadata key, Kafka header and AMQP
+header. Messages name the fields as CloudEvents extension attributes (binary mode:
+`ce_<name>`), beside the CloudEvents core attributes and W3C `traceparent`. The
+carrier classes adapt each transport's header shape to OpenTelemetry's
+`Getter`/`Setter`, so the same extract/inject code serves all three."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.propagators.textmap import Getter, Setter
+
+__all__ = [
+    "CE_ATTRIBUTES",
+    "CONTEXT_KEYS",
+    "TRACEPARENT",
+    "TRACESTATE",
+    "AmqpHeaders",
+    "ContextKey",
+    "GrpcMetadata",
+    "KafkaHeaders",
+    "valid_traceparent",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ContextKey:
+    """One `FluxContext` field and its key on each transport."""
+
+    field: str
+    grpc: str
+    kafka: str
+    amqp: str
+
+
+CONTEXT_KEYS: tuple[ContextKey, ...] = (
+    ContextKey("correlation_id", "x-correlation-id", "ce_correlationid", "ce_correlationid"),
+    ContextKey("causation_id", "x-causation-id", "ce_causationid", "ce_causationid"),
+    ContextKey("idempotency_key", "idempotency-key", "ce_idempotencykey", "ce_idempotencykey"),
+    ContextKey("tenant_id", "x-tenant-id", "ce_tenantid", "ce_tenantid"),
+    ContextKey("run_id", "x-run-id", "ce_runid", "ce_runid"),
+    # The id of the call or event itself: the causation id of what it leads to.
+    ContextKey("event_id", "x-request-id", "ce_id", "ce_id"),
+    # gRPC carries deadlines natively (grpc-timeout); messages carry an absolute
+    # time in epoch milliseconds, since a relative one would be stale on arrival.
+    ContextKey("deadline", "grpc-timeout", "ce_deadline", "ce_deadline"),
+)
+
+# CloudEvents binary-mode attributes on Kafka and AMQP messages besides the above.
+CE_ATTRIBUTES = ("ce_specversion", "ce_type", "ce_source", "ce_time", "content-type")
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+
+_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+_TRACESTATE_MAX = 512
+
+
+def valid_traceparent(value: str) -> bool:
+    """Whether `value` is a well-formed W3C traceparent (version 00, non-zero ids)."""
+    return _TRACEPARENT.fullmatch(value) is not None
+
+
+def tracestate_ok(value: str) -> bool:
+    """A tracestate small and printable enough to forward."""
+    return len(value) <= _TRACESTATE_MAX and value.isprintable()
+
+
+class KafkaHeaders(Getter[list[tuple[str, bytes]]], Setter[list[tuple[str, bytes]]]):
+    """Kafka record headers: a list of (name, bytes) pairs; the last value wins."""
+
+    def get(self, carrier: list[tuple[str, bytes]], key: str) -> list[str] | None:
+        values = [v.decode("utf-8", "replace") for k, v in carrier or () if k == key and v]
+        return values[-1:] or None
+
+    def keys(self, carrier: list[tuple[str, bytes]]) -> list[str]:
+        return [k for k, _ in carrier or ()]
+
+    def set(self, carrier: list[tuple[str, bytes]], key: str, value: str) -> None:
+        carrier[:] = [(k, v) for k, v in carrier if k != key]
+        carrier.append((key, value.encode()))
+
+
+class AmqpHeaders(Getter[Mapping[str, Any]], Setter[MutableMapping[str, Any]]):
+    """AMQP message headers: a table of str or bytes values."""
+
+    def get(self, carrier: Mapping[str, Any], key: str) -> list[str] | None:
+        value = (carrier or {}).get(key)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        return [value] if isinstance(value, str) and value else None
+
+    def keys(self, carrier: Mapping[str, Any]) -> list[str]:
+        return list(carrier or {})
+
+    def set(self, carrier: MutableMapping[str, Any], key: str, value: str) -> None:
+        carrier[key] = value
+
+
+class GrpcMetadata(Getter[Iterable[tuple[str, Any]]], Setter[list[tuple[str, str]]]):
+    """gRPC metadata: (key, value) pairs with lower-case keys; binary keys are skipped."""
+
+    def get(self, carrier: Iterable[tuple[str, Any]], key: str) -> list[str] | None:
+        values = [v for k, v in carrier or () if k == key and isinstance(v, str) and v]
+        return values[-1:] or None
+
+    def keys(self, carrier: Iterable[tuple[str, Any]]) -> list[str]:
+        return [k for k, _ in carrier or ()]
+
+    def set(self, carrier: list[tuple[str, str]], key: str, value: str) -> None:
+        carrier[:] = [(k, v) for k, v in carrier if k != key]
+        carrier.append((key, value))
+
+
+KAFKA = KafkaHeaders()
+AMQP = AmqpHeaders()
+GRPC = GrpcMetadata()

@@ -1,0 +1,105 @@
+"""The one context every hop carries, kept in a contextvar.
+
+A `FluxContext` is created at the edge (the first gRPC call or message without one),
+travels in gRPC metadata, Kafka headers and AMQP headers, and is bound for the
+duration of each handled call or message so that anything emitted inside inherits it.
+The OpenTelemetry context travels beside it in OpenTelemetry's own contextvar."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
+
+from interceptors._errors import ContextValueError
+
+__all__ = [
+    "FluxContext",
+    "bind",
+    "check_id",
+    "current",
+    "new_id",
+]
+
+# Ids travel in headers and logs and end up in Redis keys: a tight alphabet keeps them
+# from smuggling separators, control characters or unbounded sizes across hops.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
+
+
+def new_id() -> str:
+    """A fresh random id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+def check_id(key: str, value: str, *, tenant: bool = False) -> str:
+    """Returns `value` if it is a well-formed id, else raises `ContextValueError`."""
+    pattern, limit = (_TENANT, 64) if tenant else (_ID, 128)
+    if len(value) > limit:
+        raise ContextValueError(key, f"longer than {limit} characters")
+    if not pattern.fullmatch(value):
+        raise ContextValueError(
+            key, "must start with a letter or digit and use only letters, digits and ._:-"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class FluxContext:
+    """Cross-cutting facts about the work being done.
+
+    `correlation_id` ties together everything one request caused; `event_id` is the id
+    of the call or message being handled now, and becomes the `causation_id` of what
+    it emits; `causation_id` is the id of whatever caused the current one."""
+
+    correlation_id: str
+    event_id: str = ""
+    causation_id: str = ""
+    idempotency_key: str = ""
+    tenant_id: str = ""
+    run_id: str = ""
+    deadline: float | None = None  # absolute, seconds since the epoch
+
+    @classmethod
+    def new(cls, **fields: str | float | None) -> FluxContext:
+        """A context for work that starts here (fresh correlation and event ids)."""
+        base = cls(correlation_id=new_id(), event_id=new_id())
+        return replace(base, **fields)  # type: ignore[arg-type]
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (never negative), or None without one."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.time())
+
+    def expired(self) -> bool:
+        """Whether the deadline has passed."""
+        return self.deadline is not None and time.time() >= self.deadline
+
+    def child(self, event_id: str) -> FluxContext:
+        """The context of work caused by this one, identified by `event_id`."""
+        return replace(self, causation_id=self.event_id, event_id=event_id)
+
+    def with_(self, **fields: str | float | None) -> FluxContext:
+        """A copy with some fields replaced."""
+        return replace(self, **fields)  # type: ignore[arg-type]
+
+
+_current: ContextVar[FluxContext | None] = ContextVar("agentflux_context", default=None)
+
+
+def current() -> FluxContext | None:
+    """The context bound to the running task, if any."""
+    return _current.get()
+
+
+@contextmanager
+def bind(ctx: FluxContext) -> Iterator[FluxContext]:
+    """Binds `ctx` for the duration of the block (restored afterwards, task-local)."""
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)

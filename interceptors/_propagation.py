@@ -1,0 +1,175 @@
+"""Extract and inject a `FluxContext` and the trace context on every transport.
+
+gRPC is strict: a malformed incoming value is the caller's bug, so extraction raises
+`ContextValueError` and the server answers INVALID_ARGUMENT naming the key. Messages
+are lenient: a queued message cannot be sent back, so a malformed value is dropped,
+replaced (a fresh id, or a fresh trace) and reported to the caller, which records it
+on the consumer span. A bad value is never propagated further."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry.propagate import get_global_textmap
+from opentelemetry.propagators.textmap import Getter, Setter
+
+from interceptors._carriers import (
+    CONTEXT_KEYS,
+    TRACEPARENT,
+    TRACESTATE,
+    tracestate_ok,
+    valid_traceparent,
+)
+from interceptors._context import FluxContext, check_id, new_id
+from interceptors._errors import ContextValueError
+
+__all__ = ["Extracted", "extract", "inject", "rfc3339"]
+
+C = TypeVar("C")
+PROTOBUF = "application/protobuf"
+# ASCII digits only: int() would also take "1_000", " 12 ", non-ASCII digits, and a
+# few hundred digits that overflow a float. 16 digits reach far past year 9999.
+_EPOCH_MS = re.compile(r"[0-9]{1,16}")
+
+
+def rfc3339(ts: float) -> str:
+    """`ts` (epoch seconds) as an RFC 3339 UTC timestamp, as CloudEvents `time` wants."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_rfc3339(value: str) -> float | None:
+    """Epoch seconds of an RFC 3339 timestamp, or None when it is not one."""
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass(slots=True)
+class Extracted:
+    """What arrived: the context to bind, the parent trace context, and what was wrong."""
+
+    context: FluxContext
+    trace_parent: otel_context.Context
+    rejected: list[ContextValueError] = field(default_factory=list)
+    attributes: dict[str, str] = field(default_factory=dict)  # ce_type, ce_source, ce_time, ...
+
+
+def _one(getter: Getter[C], carrier: C, key: str) -> str | None:
+    values = getter.get(carrier, key)
+    return values[0] if values else None
+
+
+def extract(getter: Getter[C], carrier: C, transport: str, *, strict: bool) -> Extracted:
+    """Reads the context from `carrier` (transport is "grpc", "kafka" or "amqp").
+
+    Missing correlation and event ids are created here: this hop is then the edge."""
+    fields: dict[str, Any] = {}
+    rejected: list[ContextValueError] = []
+    for key in CONTEXT_KEYS:
+        name = getattr(key, transport)
+        raw = _one(getter, carrier, name)
+        if raw is None or (transport == "grpc" and key.field == "deadline"):
+            continue
+        try:
+            fields[key.field] = _parse(key.field, name, raw)
+        except ContextValueError as exc:
+            if strict:
+                raise
+            rejected.append(exc)
+
+    trace_carrier = carrier
+    tp = _one(getter, carrier, TRACEPARENT)
+    if tp is not None and not valid_traceparent(tp):
+        bad = ContextValueError(TRACEPARENT, "not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)")
+        if strict:
+            raise bad
+        rejected.append(bad)
+        trace_carrier = None  # type: ignore[assignment]  # start a fresh trace instead
+    ts = _one(getter, carrier, TRACESTATE)
+    if ts is not None and not tracestate_ok(ts):
+        bad = ContextValueError(TRACESTATE, "longer than 512 characters or not printable")
+        if strict:
+            raise bad
+        rejected.append(bad)
+        getter = _Hiding(getter, TRACESTATE)  # keep the trace, drop the bad tracestate
+    parent = (
+        get_global_textmap().extract(trace_carrier, getter=getter)
+        if trace_carrier is not None
+        else otel_context.Context()
+    )
+
+    fields.setdefault("correlation_id", new_id())
+    fields.setdefault("event_id", new_id())
+    attributes = {
+        k: v
+        for k in ("ce_type", "ce_source", "ce_time", "ce_specversion")
+        if (v := _one(getter, carrier, k))
+    }
+    return Extracted(FluxContext(**fields), parent, rejected, attributes)
+
+
+class _Hiding(Getter[C]):
+    """`inner` without one key, so a rejected value never reaches the propagator."""
+
+    def __init__(self, inner: Getter[C], hidden: str) -> None:
+        self.inner = inner
+        self.hidden = hidden
+
+    def get(self, carrier: C, key: str) -> list[str] | None:
+        return None if key == self.hidden else self.inner.get(carrier, key)
+
+    def keys(self, carrier: C) -> list[str]:
+        return [k for k in self.inner.keys(carrier) if k != self.hidden]
+
+
+def _parse(field_name: str, key: str, raw: str) -> Any:
+    if field_name == "deadline":
+        if not _EPOCH_MS.fullmatch(raw):
+            raise ContextValueError(key, "not an integer of epoch milliseconds")
+        ms = int(raw)
+        if ms <= 0:
+            raise ContextValueError(key, "must be positive epoch milliseconds")
+        return ms / 1000.0
+    return check_id(key, raw, tenant=field_name == "tenant_id")
+
+
+def inject(
+    setter: Setter[C],
+    carrier: C,
+    transport: str,
+    ctx: FluxContext,
+    *,
+    cloud_event: Mapping[str, str] | None = None,
+) -> None:
+    """Writes `ctx`, the current trace context and (for messages) CloudEvents attributes.
+
+    For gRPC `ctx.event_id` is this call's request id; for messages it is `ce_id`."""
+    for key in CONTEXT_KEYS:
+        value = getattr(ctx, key.field)
+        if key.field == "deadline":
+            if transport == "grpc" or value is None:
+                continue  # gRPC sends the remaining time itself (grpc-timeout)
+            value = str(int(value * 1000))
+        if value:
+            setter.set(carrier, getattr(key, transport), value)
+    for name, value in (cloud_event or {}).items():
+        setter.set(carrier, name, value)
+    get_global_textmap().inject(carrier, setter=setter)
+
+
+def cloud_event(type_name: str, source: str, now: float | None = None) -> dict[str, str]:
+    """CloudEvents binary-mode attributes other than `ce_id` (that is the event id)."""
+    return {
+        "ce_specversion": "1.0",
+        "ce_type": type_name,
+        "ce_source": source,
+        "ce_time": rfc3339(time.time() if now is None else now),
+        "content-type": PROTOBUF,
+    }
