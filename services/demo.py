@@ -11,6 +11,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import aclosing
 
 from agentflux.v1 import events_pb2, tasks_pb2, types_pb2
 from google.protobuf import duration_pb2, struct_pb2
@@ -105,14 +106,15 @@ async def run_demo(settings: Settings, say: Say) -> None:
         )
         published = _ms(t)
         t = time.perf_counter()
-        async for delivery in rabbit.consume(route.queue):
-            if delivery.message_id != f"{run_id}/call-1":
-                await delivery.reject(requeue=True)  # not ours: leave it for its worker
-                continue
-            assert delivery.content_type == PROTOBUF
-            back = tasks_pb2.ToolTask.FromString(delivery.body)
-            await delivery.ack()
-            break
+        async with aclosing(rabbit.consume(route.queue)) as deliveries:
+            async for delivery in deliveries:
+                if delivery.message_id != f"{run_id}/call-1":
+                    await delivery.reject(requeue=True)  # not ours: leave it for its worker
+                    continue
+                assert delivery.content_type == PROTOBUF
+                back = tasks_pb2.ToolTask.FromString(delivery.body)
+                await delivery.ack()
+                break
         say(
             f"rabbitmq   {route.type_name} -> {route.exchange} -> {route.queue} priority "
             f"{delivery.priority}: published (confirmed) in {published}, consumed and acked "
