@@ -22,6 +22,8 @@ from interceptors._telemetry import Telemetry
 
 __all__ = ["client_interceptors"]
 
+_EXPIRED = grpc.StatusCode.DEADLINE_EXCEEDED
+
 
 class _Outgoing:
     def __init__(self, telemetry: Telemetry) -> None:
@@ -30,9 +32,13 @@ class _Outgoing:
     def _details(
         self, details: grpc.aio.ClientCallDetails, ctx: FluxContext
     ) -> grpc.aio.ClientCallDetails:
-        metadata: list[tuple[str, str]] = [
-            (k, v) for k, v in (details.metadata or ()) if isinstance(v, str)
-        ]
+        metadata: list[tuple[str, str]] = []
+        binary: list[tuple[str, bytes]] = []  # the caller's `-bin` entries, passed through
+        for k, v in details.metadata or ():
+            if isinstance(v, str):
+                metadata.append((k, v))
+            else:
+                binary.append((k, v))
         inject(GRPC, metadata, "grpc", ctx)
         timeout = details.timeout
         remaining = ctx.remaining()
@@ -41,7 +47,7 @@ class _Outgoing:
         return grpc.aio.ClientCallDetails(
             details.method,
             timeout,
-            grpc.aio.Metadata(*metadata),
+            grpc.aio.Metadata(*metadata, *binary),
             details.credentials,
             details.wait_for_ready,
         )
@@ -65,6 +71,16 @@ class _Outgoing:
         with self.telemetry.tracer.start_as_current_span(
             name, kind=SpanKind.CLIENT, attributes=attrs
         ) as span:
+            if ctx.expired():
+                # A zero timeout does not stop grpc from sending on a ready channel:
+                # refuse here, so no work starts after the edge's deadline.
+                span.set_attribute("rpc.grpc.status_code", _EXPIRED.value[0])
+                raise grpc.aio.AioRpcError(
+                    _EXPIRED,
+                    grpc.aio.Metadata(),
+                    grpc.aio.Metadata(),
+                    details="Deadline Exceeded: the bound deadline passed before the call",
+                )
             call = await continuation(self._details(details, ctx), request)
             if isinstance(call, grpc.aio.UnaryUnaryCall | grpc.aio.StreamUnaryCall):
                 # Keep the span open until the single response (or error) arrives.
