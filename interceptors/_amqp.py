@@ -21,8 +21,13 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from interceptors._carriers import AMQP
 from interceptors._context import FluxContext, bind
 from interceptors._idempotency import IdempotencyGuard
-from interceptors._kafka import emitted_context
-from interceptors._propagation import cloud_event, extract, inject, parse_rfc3339
+from interceptors._propagation import (
+    cloud_event,
+    emitted_context,
+    extract,
+    inject,
+    parse_rfc3339,
+)
 from interceptors._spans import (
     QUEUE_WAIT,
     context_attributes,

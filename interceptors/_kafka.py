@@ -26,9 +26,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from interceptors._carriers import KAFKA
-from interceptors._context import FluxContext, bind, current, new_id
+from interceptors._context import FluxContext, bind
 from interceptors._idempotency import IdempotencyGuard
-from interceptors._propagation import Extracted, cloud_event, extract, inject
+from interceptors._propagation import Extracted, cloud_event, emitted_context, extract, inject
 from interceptors._spans import (
     QUEUE_WAIT,
     context_attributes,
@@ -39,25 +39,7 @@ from interceptors._telemetry import Telemetry
 from services.runtime.adapters.kafka import Delivered, KafkaConsumer, KafkaProducer
 from services.runtime.contracts import ContractRegistry, registry
 
-__all__ = ["EventConsumer", "EventProducer", "Handled", "Incoming", "emitted_context"]
-
-
-def emitted_context(event: Message, idempotency_key: str = "") -> FluxContext:
-    """The context of an event emitted now: it inherits the bound context (or starts
-    a new correlation at the edge) and is caused by the work being handled."""
-    parent = current()
-    event_id = new_id()
-    tenant = getattr(event, "tenant_id", "") if hasattr(event, "tenant_id") else ""
-    run = getattr(event, "run_id", "") if hasattr(event, "run_id") else ""
-    if parent is None:
-        return FluxContext.new(
-            event_id=event_id, idempotency_key=idempotency_key, tenant_id=tenant, run_id=run
-        )
-    return parent.child(event_id).with_(
-        idempotency_key=idempotency_key or "",
-        tenant_id=parent.tenant_id or tenant,
-        run_id=parent.run_id or run,
-    )
+__all__ = ["EventConsumer", "EventProducer", "Handled", "Incoming"]
 
 
 def _headers(record: Record) -> list[tuple[str, bytes]]:

@@ -26,10 +26,10 @@ from interceptors._carriers import (
     tracestate_ok,
     valid_traceparent,
 )
-from interceptors._context import FluxContext, check_id, new_id
+from interceptors._context import FluxContext, check_id, current, new_id
 from interceptors._errors import ContextValueError
 
-__all__ = ["Extracted", "extract", "inject", "rfc3339"]
+__all__ = ["Extracted", "cloud_event", "emitted_context", "extract", "inject", "rfc3339"]
 
 C = TypeVar("C")
 PROTOBUF = "application/protobuf"
@@ -173,3 +173,21 @@ def cloud_event(type_name: str, source: str, now: float | None = None) -> dict[s
         "ce_time": rfc3339(time.time() if now is None else now),
         "content-type": PROTOBUF,
     }
+
+
+def emitted_context(event: Any, idempotency_key: str = "") -> FluxContext:
+    """The context of an event emitted now: it inherits the bound context (or starts
+    a new correlation at the edge) and is caused by the work being handled."""
+    parent = current()
+    event_id = new_id()
+    tenant: str = getattr(event, "tenant_id", "")
+    run: str = getattr(event, "run_id", "")
+    if parent is None:
+        return FluxContext.new(
+            event_id=event_id, idempotency_key=idempotency_key, tenant_id=tenant, run_id=run
+        )
+    return parent.child(event_id).with_(
+        idempotency_key=idempotency_key or "",
+        tenant_id=parent.tenant_id or tenant,
+        run_id=parent.run_id or run,
+    )
