@@ -34,7 +34,7 @@ from interceptors._spans import (
     messaging_attributes,
     record_rejected,
 )
-from interceptors._telemetry import Telemetry
+from interceptors._telemetry import Telemetry, serving
 from services.runtime.adapters.rabbitmq import RabbitConnection
 from services.runtime.contracts import ContractRegistry, TaskContract, registry
 
@@ -149,12 +149,15 @@ class TaskConsumer:
             },
         )
         attrs.update(context_attributes(got.context))
-        with self.telemetry.tracer.start_as_current_span(
-            f"process {self.queue}",
-            context=got.trace_parent,
-            kind=SpanKind.CONSUMER,
-            attributes=attrs,
-        ) as span:
+        with (
+            serving(self.telemetry),
+            self.telemetry.tracer.start_as_current_span(
+                f"process {self.queue}",
+                context=got.trace_parent,
+                kind=SpanKind.CONSUMER,
+                attributes=attrs,
+            ) as span,
+        ):
             record_rejected(span, got.rejected)
             settled = await self._settle(message, got.context, handler, span)
             span.set_attribute("agentflux.settled", settled.value)

@@ -26,7 +26,7 @@ from interceptors._context import FluxContext, bind
 from interceptors._errors import DOMAIN, FluxError, InvalidArgument
 from interceptors._propagation import extract
 from interceptors._spans import context_attributes
-from interceptors._telemetry import Telemetry
+from interceptors._telemetry import Telemetry, serving
 
 __all__ = ["ServerContextInterceptor", "status_of"]
 
@@ -155,7 +155,7 @@ class ServerContextInterceptor(grpc.aio.ServerInterceptor):
             set_status_on_exception=False,
         ) as span:
             try:
-                with bind(ctx):
+                with bind(ctx), serving(self.telemetry):
                     yield span
             except FluxError as error:
                 span.set_status(Status(StatusCode.ERROR, error.message))

@@ -35,7 +35,7 @@ from interceptors._spans import (
     messaging_attributes,
     record_rejected,
 )
-from interceptors._telemetry import Telemetry
+from interceptors._telemetry import Telemetry, serving
 from services.runtime.adapters.kafka import Delivered, KafkaConsumer, KafkaProducer
 from services.runtime.contracts import ContractRegistry, registry
 
@@ -152,9 +152,15 @@ class EventConsumer:
         topic = record.topic() or ""
         got = extract(KAFKA, _headers(record), "kafka", strict=False)
         attrs = self._attributes(record, got)
-        with self.telemetry.tracer.start_as_current_span(
-            f"process {topic}", context=got.trace_parent, kind=SpanKind.CONSUMER, attributes=attrs
-        ) as span:
+        with (
+            serving(self.telemetry),
+            self.telemetry.tracer.start_as_current_span(
+                f"process {topic}",
+                context=got.trace_parent,
+                kind=SpanKind.CONSUMER,
+                attributes=attrs,
+            ) as span,
+        ):
             record_rejected(span, got.rejected)
             outcome = await self._handle(record, got, handler, span)
         self.counts[outcome] += 1

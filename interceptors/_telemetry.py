@@ -6,10 +6,14 @@ and still appear as themselves in a trace."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -17,7 +21,7 @@ from opentelemetry.trace import Tracer
 
 from interceptors._spanstore import JsonLinesSpanExporter
 
-__all__ = ["Telemetry"]
+__all__ = ["RoutingTracerProvider", "Telemetry", "serving"]
 
 _SCOPE = "agentflux"
 
@@ -65,3 +69,53 @@ class Telemetry:
     def shutdown(self) -> None:
         """Flushes and stops the exporters."""
         self.provider.shutdown()
+
+
+_serving: ContextVar[Telemetry | None] = ContextVar("agentflux_telemetry", default=None)
+
+
+@contextmanager
+def serving(telemetry: Telemetry) -> Iterator[None]:
+    """Marks the block as work of `telemetry`'s service (set around every handled call
+    and message), so process-wide instrumentation attributes its spans correctly."""
+    token = _serving.set(telemetry)
+    try:
+        yield
+    finally:
+        _serving.reset(token)
+
+
+class RoutingTracerProvider(trace.TracerProvider):
+    """A provider for process-wide instrumentations (Redis, Memcached): each span goes
+    to the provider of the service whose work is running (`serving`), else `fallback`."""
+
+    def __init__(self, fallback: Telemetry) -> None:
+        self.fallback = fallback
+
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: Any = None,
+    ) -> Tracer:
+        return _RoutingTracer(
+            self.fallback, instrumenting_module_name, instrumenting_library_version
+        )
+
+
+class _RoutingTracer(Tracer):
+    def __init__(self, fallback: Telemetry, name: str, version: str | None) -> None:
+        self._fallback = fallback
+        self._name = name
+        self._version = version
+
+    def _target(self) -> Tracer:
+        telemetry = _serving.get() or self._fallback
+        return telemetry.provider.get_tracer(self._name, self._version)
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        return self._target().start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        return self._target().start_as_current_span(*args, **kwargs)

@@ -102,14 +102,18 @@ def config() -> None:
 
 @app.command("demo")
 def demo() -> None:
-    """Send one message through Kafka, RabbitMQ, Redis and Memcached with agentflux's adapters."""
+    """Send one run through Kafka, RabbitMQ, Redis and Memcached, then print its trace."""
     from services.demo import run_demo
 
+    settings = _settings()
     try:
-        asyncio.run(run_demo(_settings(), say=_say))
+        correlation_id = asyncio.run(run_demo(settings, say=_say))
     except Exception as exc:
         typer.echo("is the stack up? `agentflux stack up` (or `make demo`) starts it", err=True)
         raise _fail(exc) from None
+    if settings.span_store_dir is not None:
+        typer.echo(f"\n$ agentflux trace {correlation_id}")
+        trace(correlation_id, store=settings.span_store_dir, as_json=False)
 
 
 app.command("trace")(trace)

@@ -1,24 +1,39 @@
-"""`agentflux demo`: one message through each of the four systems, with agentflux's adapters.
+"""`agentflux demo`: one run's messages through all four systems, then its trace.
 
-A run request travels as the `AgentRequested` contract through its Kafka topic, a
-`ToolTask` through its RabbitMQ queue with the run's priority, the run's session
-state through Redis and a prompt template through Memcached. Each hop is read back
-and timed. (The reference agent flow replaces this once the services exist.)"""
+The demo plays the parts the services will play: an edge emits the `AgentRequested`
+contract to its Kafka topic; a planner (a consumer group) turns it into a `ToolTask`
+on RabbitMQ with the run's priority; a worker reads the session from Redis and a prompt
+template from Memcached and emits `ToolCalled`. Every hop goes through the interceptors,
+so one correlation id, tenant and trace run through all of it, and the demo ends by
+printing that trace as `agentflux trace` shows it."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Callable
 from contextlib import aclosing
 
 from agentflux.v1 import events_pb2, tasks_pb2, types_pb2
 from google.protobuf import duration_pb2, struct_pb2
 
+from interceptors import (
+    Delivery,
+    EventConsumer,
+    EventProducer,
+    FluxContext,
+    IdempotencyGuard,
+    Incoming,
+    TaskConsumer,
+    TaskPublisher,
+    Telemetry,
+    bind,
+    instrument_caches,
+    new_id,
+)
 from services.runtime.adapters.kafka import KafkaConsumer, KafkaProducer
 from services.runtime.adapters.memcached import connect_memcached
-from services.runtime.adapters.rabbitmq import PROTOBUF, RabbitConnection
+from services.runtime.adapters.rabbitmq import RabbitConnection
 from services.runtime.adapters.redis import connect_redis
 from services.runtime.config import Settings
 from services.runtime.contracts import registry
@@ -26,17 +41,20 @@ from services.runtime.contracts import registry
 __all__ = ["run_demo"]
 
 Say = Callable[[str], None]
+_GROUP = "agentflux-demo"
 
 
-def _ms(since: float) -> str:
-    return f"{(time.perf_counter() - since) * 1000:.1f} ms"
-
-
-async def run_demo(settings: Settings, say: Say) -> None:
-    """Runs the four hops and prints what travelled and how long each took."""
+async def run_demo(settings: Settings, say: Say) -> str:
+    """Runs one request through the four systems and returns its correlation id."""
+    store = settings.span_store_dir
+    tel = {
+        name: Telemetry.create(name, span_store=store, batch_delay_ms=100)
+        for name in ("edge", "planner", "worker")
+    }
+    instrument_caches(tel["worker"])
     contracts = registry()
-    run_id = f"run-{uuid.uuid4().hex[:12]}"
-    conversation_id = f"conv-{uuid.uuid4().hex[:8]}"
+    run_id = f"run-{new_id()[:12]}"
+    conversation_id = f"conv-{new_id()[:8]}"
     request = events_pb2.AgentRequested(
         run_id=run_id,
         tenant_id="demo",
@@ -45,118 +63,149 @@ async def run_demo(settings: Settings, say: Say) -> None:
         priority=types_pb2.PRIORITY_HIGH,
     )
     request.request_time.GetCurrentTime()
-    say(f"run {run_id} (conversation {conversation_id}, tenant demo)")
 
-    # Kafka: the contract says which topic and which key.
-    event = contracts.event(request)
     producer = KafkaProducer(settings)
-    consumer = KafkaConsumer(settings, "agentflux-demo", [event.topic])
+    rabbit = await RabbitConnection.connect(settings)
+    redis = connect_redis(settings)
+    memcached = connect_memcached(settings)
+    planner_kafka = KafkaConsumer(settings, _GROUP, [contracts.event(request).topic])
+    done = asyncio.Event()
+    marks: dict[str, float] = {}
     try:
-        t = time.perf_counter()
-        delivered = await producer.produce(
-            event.topic,
-            request.SerializeToString(),
-            key=event.key(request),
-            headers=[("ce_type", request.DESCRIPTOR.full_name.encode())],
-        )
-        produced = _ms(t)
-        t = time.perf_counter()
-        got = await _consume_run(consumer, run_id)
-        say(
-            f"kafka      {event.type_name} -> {delivered.topic}[{delivered.partition}]"
-            f"@{delivered.offset} key={event.key(request).decode()}: produced (acked) in "
-            f"{produced} (first record: connects and acquires the idempotent producer id), "
-            f"consumed back in {_ms(t)} (includes joining the consumer group)"
-        )
-        assert got.prompt == request.prompt
-    finally:
-        await consumer.close()
-        await producer.close()
+        await redis.hset(f"agentflux:demo:session:{conversation_id}", "turns", 1)
+        await redis.expire(f"agentflux:demo:session:{conversation_id}", 300)
+        memcached.set("agentflux:demo:template:calculator", b"Compute {expression}", expire=300)
 
-    # RabbitMQ: a tool task with the run's priority, published with a confirm.
-    task = tasks_pb2.ToolTask(
-        run_id=run_id,
-        tenant_id="demo",
-        conversation_id=conversation_id,
-        step=0,
-        step_tool_count=1,
-        call=types_pb2.ToolCall(
-            tool_call_id="call-1",
-            name="calculator",
-            arguments=struct_pb2.Struct(
-                fields={"expression": struct_pb2.Value(string_value="6*7")}
-            ),
-        ),
-        priority=request.priority,
-        attempt=1,
-        max_attempts=3,
-        timeout=duration_pb2.Duration(seconds=10),
-    )
-    route = contracts.task(task)
-    priority = contracts.amqp_priority(task.priority)
-    async with await RabbitConnection.connect(settings) as rabbit:
-        t = time.perf_counter()
-        await rabbit.publish(
-            route.exchange,
-            route.routing_key,
-            task.SerializeToString(),
-            priority=priority,
-            message_id=f"{run_id}/call-1",
-            message_type=task.DESCRIPTOR.full_name,
+        tasks_out = TaskPublisher(rabbit, tel["planner"], source="/agentflux/demo/planner")
+        results_out = EventProducer(producer, tel["worker"], source="/agentflux/demo/worker")
+
+        async def plan(incoming: Incoming) -> bytes:
+            event = incoming.event
+            assert isinstance(event, events_pb2.AgentRequested)
+            if event.run_id != run_id:  # an earlier demo's record: nothing left to do
+                return b""
+            marks["planned"] = time.perf_counter()
+            task = tasks_pb2.ToolTask(
+                run_id=event.run_id,
+                tenant_id=event.tenant_id,
+                conversation_id=event.conversation_id,
+                step_tool_count=1,
+                call=types_pb2.ToolCall(
+                    tool_call_id="call-1",
+                    name="calculator",
+                    arguments=struct_pb2.Struct(
+                        fields={"expression": struct_pb2.Value(string_value="6*7")}
+                    ),
+                ),
+                priority=event.priority,
+                attempt=1,
+                max_attempts=3,
+                timeout=duration_pb2.Duration(seconds=10),
+            )
+            await tasks_out.publish(task, idempotency_key=f"{run_id}:0:call-1")
+            return b"planned"
+
+        async def work(delivery: Delivery) -> bytes:
+            task = delivery.task
+            assert isinstance(task, tasks_pb2.ToolTask)
+            marks["worked"] = time.perf_counter()
+            turns = await redis.hget(f"agentflux:demo:session:{task.conversation_id}", "turns")
+            template = memcached.get("agentflux:demo:template:calculator")
+            say(
+                f"worker     got {task.call.name} (AMQP priority {delivery.message.priority}); "
+                f"session turns={turns!r} from Redis, template {template!r} from Memcached"
+            )
+            result = events_pb2.ToolCalled(
+                run_id=task.run_id,
+                tenant_id=task.tenant_id,
+                conversation_id=task.conversation_id,
+                step_tool_count=1,
+                call=task.call,
+                result=types_pb2.ToolResult(
+                    tool_call_id=task.call.tool_call_id,
+                    name=task.call.name,
+                    status=types_pb2.TOOL_CALL_STATUS_SUCCEEDED,
+                    output=struct_pb2.Value(number_value=42),
+                    attempts=1,
+                ),
+            )
+            await results_out.emit(result, idempotency_key=f"{run_id}:0:call-1:result")
+            done.set()
+            return b"42"
+
+        planner = EventConsumer(
+            planner_kafka,
+            tel["planner"],
+            group=_GROUP,
+            dead_letters=producer,
+            guard=IdempotencyGuard(redis, namespace="agentflux:demo:planner"),
         )
-        published = _ms(t)
-        t = time.perf_counter()
-        async with aclosing(rabbit.consume(route.queue)) as deliveries:
-            async for delivery in deliveries:
-                if delivery.message_id != f"{run_id}/call-1":
-                    await delivery.reject(requeue=True)  # not ours: leave it for its worker
-                    continue
-                assert delivery.content_type == PROTOBUF
-                back = tasks_pb2.ToolTask.FromString(delivery.body)
-                await delivery.ack()
+        worker = TaskConsumer(
+            tel["worker"],
+            contracts.task(tasks_pb2.ToolTask),
+            queue=contracts.task(tasks_pb2.ToolTask).queue,
+            guard=IdempotencyGuard(redis, namespace="agentflux:demo:worker"),
+        )
+
+        async def consume_tasks() -> None:
+            async with aclosing(rabbit.consume(worker.queue)) as deliveries:
+                async for message in deliveries:
+                    if message.headers.get("ce_runid") != run_id:
+                        await message.reject(requeue=True)  # not this demo's: leave it
+                        continue
+                    await worker.handle(message, work)
+                    if done.is_set():
+                        return
+
+        stop = asyncio.Event()
+        running = [
+            asyncio.create_task(planner.run(plan, stop)),
+            asyncio.create_task(consume_tasks()),
+        ]
+        # Emit once the planner holds its partitions, so the queue wait shown is the
+        # hop's own and not the group join.
+        for _ in range(600):  # up to 30 s
+            if await planner_kafka.assignment():
                 break
+            await asyncio.sleep(0.05)
+        ctx = FluxContext.new(tenant_id="demo", run_id=run_id)
+        began = time.perf_counter()
+        with bind(ctx), tel["edge"].tracer.start_as_current_span("demo run"):
+            delivered = await _emit_request(producer, tel["edge"], request)
         say(
-            f"rabbitmq   {route.type_name} -> {route.exchange} -> {route.queue} priority "
-            f"{delivery.priority}: published (confirmed) in {published}, consumed and acked "
-            f"in {_ms(t)}; tool {back.call.name}({back.call.arguments['expression']})"
+            f"edge       {request.DESCRIPTOR.full_name} -> {delivered} "
+            f"(correlation {ctx.correlation_id}, tenant demo)"
         )
-
-    # Redis: the run's session state, with a TTL like all short-lived memory.
-    r = connect_redis(settings)
-    try:
-        key = f"agentflux:demo:session:{conversation_id}"
-        t = time.perf_counter()
-        async with r.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"last_run": run_id, "turns": 1})
-            pipe.expire(key, 300)
-            pipe.hgetall(key)
-            *_, state = await pipe.execute()
-        say(f"redis      HSET+EXPIRE+HGETALL {key} (one round trip) in {_ms(t)}: {state}")
+        try:
+            await asyncio.wait_for(done.wait(), timeout=60)
+        finally:
+            stop.set()
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        say(
+            f"timeline   planner got it after {_ms(began, marks['planned'])}, "
+            f"worker after {_ms(began, marks['worked'])}"
+        )
     finally:
-        await r.aclose()
-
-    # Memcached: a hot, disposable prompt template.
-    mc = connect_memcached(settings)
-    try:
-        key = "agentflux:demo:template:answer"
-        t = time.perf_counter()
-        mc.set(key, b"Answer briefly: {question}", expire=60)
-        template = mc.get(key)
-        say(f"memcached  SET+GET {key} in {_ms(t)}: {template!r}")
-    finally:
-        mc.close()
-    say("all four systems carried the run. `agentflux stack status` shows them.")
+        await planner_kafka.close()
+        await producer.close()
+        await rabbit.close()
+        await redis.aclose()
+        memcached.close()
+    for t in tel.values():
+        t.shutdown()
+    return ctx.correlation_id
 
 
-async def _consume_run(consumer: KafkaConsumer, run_id: str) -> events_pb2.AgentRequested:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for record in await consumer.consume(max_records=500, timeout=0.5):
-            consumer.store(record)
-            event = events_pb2.AgentRequested.FromString(record.value() or b"")
-            if event.run_id == run_id:
-                await consumer.commit()
-                return event
-        await consumer.commit()
-        await asyncio.sleep(0)
-    raise TimeoutError(f"run {run_id} was produced but not consumed back within 30 s")
+async def _emit_request(
+    producer: KafkaProducer, telemetry: Telemetry, request: events_pb2.AgentRequested
+) -> str:
+    """Emits the request at the edge; returns where it landed."""
+    edge = EventProducer(producer, telemetry, source="/agentflux/demo/edge")
+    where = await edge.emit(request, idempotency_key=f"{request.run_id}:requested")
+    return f"{where.topic}[{where.partition}]@{where.offset}"
+
+
+def _ms(start: float, end: float) -> str:
+    return f"{(end - start) * 1000:.0f} ms"

@@ -56,7 +56,7 @@ def trace(
     except ContextValueError as exc:
         raise _fail(
             f"{ident[:80]!r} is neither a trace id (32 hex digits) nor a correlation id "
-            f"({exc.description}); copy one from a log line or an `ask` answer",
+            f"({exc.description}); copy one from a log line or from `agentflux demo`",
             2,
         ) from None
     folder = store if store is not None else _default_store()

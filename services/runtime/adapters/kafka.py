@@ -192,7 +192,7 @@ class KafkaConsumer:
 
         Raises `KafkaException` on fatal errors; partition-level notices are skipped."""
         await self.start()
-        batch: list[Message] = await self._run(self._consumer.consume, max_records, timeout)
+        batch: list[Message] = await self._run(self._next_batch, max_records, timeout)
         out = []
         for record in batch:
             err = record.error()
@@ -201,6 +201,21 @@ class KafkaConsumer:
             elif err.fatal() or (not err.retriable() and err.code() != KafkaError._PARTITION_EOF):
                 raise KafkaException(err)
         return out
+
+    async def assignment(self) -> list[TopicPartition]:
+        """Partitions currently assigned to this consumer (empty until it joined)."""
+        parts: list[TopicPartition] = await self._run(self._consumer.assignment)
+        return parts
+
+    def _next_batch(self, max_records: int, timeout: float) -> list[Message]:
+        # librdkafka's consume(n, timeout) waits for n records or the whole timeout, which
+        # would add the timeout to every lightly loaded hop: wait for the first record
+        # only, then take what else is already fetched without waiting.
+        first = self._consumer.poll(timeout)
+        if first is None:
+            return []
+        rest = self._consumer.consume(max_records - 1, 0) if max_records > 1 else []
+        return [first, *rest]
 
     def store(self, record: Message) -> None:
         """Marks `record` finished: its offset + 1 is committed by the next commit."""
