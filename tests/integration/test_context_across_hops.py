@@ -370,6 +370,13 @@ async def test_one_request_across_five_systems(
     assert parent_of(publish_task) is process_req
     assert parent_of(process_task) is publish_task
     assert redis_get.attributes["db.system"] == "redis"
+    # Cache instrumentation is process-wide, yet each command is the span of the service
+    # whose work issued it: the worker's reads, and the planner's own dedupe claim.
+    assert redis_get.resource.attributes["service.name"] == "worker"
+    assert mc_get.resource.attributes["service.name"] == "worker"
+    planner_claims = [s for s in first_trace if s.name == "SET" and parent_of(s) is process_req]
+    assert planner_claims
+    assert {s.resource.attributes["service.name"] for s in planner_claims} == {"planner"}
     assert mc_get.attributes["db.system"] == "memcached"
     assert parent_of(publish_done) is process_task
     assert process_req.attributes["messaging.consumer.group.name"] == group

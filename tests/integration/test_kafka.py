@@ -254,3 +254,24 @@ async def test_produce_to_missing_topic_raises(settings: Settings, prefix: str) 
     # Auto-create is off: the failed produce did not create the topic.
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
     assert missing not in admin.list_topics(timeout=10).topics
+
+
+async def test_a_small_batch_is_returned_without_waiting_out_the_timeout(
+    settings: Settings, topic: str, producer: KafkaProducer
+) -> None:
+    # consume(100, timeout) must hand over the one record that is there, not wait for 99
+    # more until the timeout: that wait would be added to every lightly loaded hop.
+    consumer = KafkaConsumer(settings, group(), [topic])
+    try:
+        for _ in range(200):  # join the group first (bounded: 200 x 0.1 s)
+            if await consumer.assignment():
+                break
+            await consumer.consume(max_records=1, timeout=0.1)
+        await producer.produce(topic, request("conv-batch").SerializeToString(), key=b"conv-batch")
+        began = time.monotonic()
+        records = await consumer.consume(max_records=100, timeout=30)
+        waited = time.monotonic() - began
+    finally:
+        await consumer.close()
+    assert [r.key() for r in records] == [b"conv-batch"]
+    assert waited < 15  # far below the 30 s timeout: returned on the first record
