@@ -175,6 +175,12 @@ class TaskConsumer:
             return Settled.DEAD_LETTERED
         key = ctx.idempotency_key or ctx.event_id
         claim = await self.guard.settle(key) if self.guard else None
+        if claim is not None and claim.pending:
+            # Another handler still holds a live lease: acking would lose the task if it
+            # dies, so hand the delivery back; its redelivery waits for the claim again.
+            span.set_attribute("agentflux.pending", True)
+            await message.nack(requeue=True)
+            return Settled.REQUEUED
         if claim is not None and not claim.new:
             span.set_attribute("agentflux.duplicate", True)
             await message.ack()

@@ -175,7 +175,14 @@ class EventConsumer:
             return await self._dead_letter(record, f"undecodable: {exc}", span)
         ctx = got.context
         dedupe_key = ctx.idempotency_key or ctx.event_id
-        claim = await self.guard.settle(dedupe_key) if self.guard else None
+        claim = None
+        if self.guard is not None:
+            claim = await self.guard.settle(dedupe_key)
+            # Still pending: another handler holds a live lease. A record cannot be handed
+            # back alone, and storing its offset would lose it if that handler dies, so
+            # wait on until the claim is decided (it finishes, or its lease expires).
+            while claim.pending:
+                claim = await self.guard.settle(dedupe_key)
         if claim is not None and not claim.new:
             span.set_attribute("agentflux.duplicate", True)
             return Handled.DUPLICATE
@@ -187,7 +194,8 @@ class EventConsumer:
             except Exception as exc:  # the handler's failure is recorded, never fatal here
                 error = exc
                 span.record_exception(exc, attributes={"agentflux.attempt": attempt})
-                await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+                if attempt < self.attempts:  # no pause before dead-lettering
+                    await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
                 continue
             if self.guard and claim is not None:
                 await self.guard.complete(dedupe_key, result or b"")

@@ -180,8 +180,16 @@ def emitted_context(event: Any, idempotency_key: str = "") -> FluxContext:
     a new correlation at the edge) and is caused by the work being handled."""
     parent = current()
     event_id = new_id()
+    # Payload values become headers: they pass the same checks as incoming ones, so a
+    # malformed value fails here, at its source, instead of one hop downstream.
     tenant: str = getattr(event, "tenant_id", "")
     run: str = getattr(event, "run_id", "")
+    if tenant:
+        check_id("tenant_id", tenant, tenant=True)
+    if run:
+        check_id("run_id", run)
+    if idempotency_key:
+        check_id("idempotency_key", idempotency_key)
     if parent is None:
         return FluxContext.new(
             event_id=event_id, idempotency_key=idempotency_key, tenant_id=tenant, run_id=run

@@ -73,9 +73,13 @@ class JsonLinesSpanExporter(SpanExporter):
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with self._lock:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
                 try:
-                    os.write(fd, lines.encode())
+                    # A writer killed in mid-line left no newline: end its torn line
+                    # first, or the first span appended now would be lost with it.
+                    size = os.fstat(fd).st_size
+                    torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+                    os.write(fd, ("\n" + lines if torn else lines).encode())
                 finally:
                     os.close(fd)
         except OSError:

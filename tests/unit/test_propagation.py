@@ -380,3 +380,34 @@ def test_strict_mode_raises_naming_the_metadata_key(
 def test_strict_mode_ignores_binary_metadata() -> None:
     got = extract(GRPC, [("x-correlation-id", b"\x00\xff")], "grpc", strict=True)
     check_id("correlation", got.context.correlation_id)
+
+
+@pytest.mark.parametrize(
+    ("fields", "key"),
+    [
+        ({"tenant_id": "acme corp"}, "tenant_id"),
+        ({"run_id": "run\n1"}, "run_id"),
+    ],
+)
+def test_an_emitted_event_with_a_malformed_payload_id_is_refused(
+    fields: dict[str, str], key: str
+) -> None:
+    from agentflux.v1 import events_pb2
+
+    from interceptors._errors import ContextValueError
+    from interceptors._propagation import emitted_context
+
+    event = events_pb2.AgentRequested(conversation_id="conv-1", **fields)
+    with pytest.raises(ContextValueError) as caught:
+        emitted_context(event)
+    assert caught.value.key == key
+
+
+def test_a_malformed_idempotency_key_is_refused_at_the_producer() -> None:
+    from agentflux.v1 import events_pb2
+
+    from interceptors._errors import ContextValueError
+    from interceptors._propagation import emitted_context
+
+    with pytest.raises(ContextValueError):
+        emitted_context(events_pb2.AgentRequested(conversation_id="c"), "key with spaces")
