@@ -60,7 +60,7 @@ stack-down: $(STAMP) ## Stop what `stack up` started (data is kept; add ARGS=--w
 stack-status: $(STAMP) ## Show each local service and its port
 	agentflux stack status
 
-demo: stack-up ## Start the stack and send one message through Kafka, RabbitMQ, Redis and Memcached
+demo: stack-up ## Start the stack, run one request through Kafka, RabbitMQ, Redis and Memcached, print its trace
 	agentflux demo
 
 test: stack-up gen-check lint ## Everything CI runs: stack, contract checks, lint, types, all tests
