@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 BASELINE := proto/published/agentflux-v1.binpb
 TYPED := services $(wildcard interceptors)
 
-.PHONY: help venv gen gen-check publish-contract lint fmt typecheck stack-up stack-down stack-status demo test test-unit test-integration clean
+.PHONY: help venv gen gen-check publish-contract lint fmt typecheck stack-up stack-down stack-status demo test test-unit test-integration bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ test-unit: $(STAMP) ## Unit tests only (no stack needed)
 
 test-integration: stack-up ## Integration tests against the real brokers
 	pytest tests/integration
+
+bench: stack-up ## Each hop raw vs through agentflux in the same run, with ratios (ARGS=--quick | --hop NAME | --json PATH)
+	python -m bench.hops $(ARGS)
 
 clean: ## Remove the venv and caches (not the stack's data: `agentflux stack down --wipe`)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
