@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 BASELINE := proto/published/agentflux-v1.binpb
 TYPED := services $(wildcard interceptors)
 
-.PHONY: help venv gen gen-check publish-contract lint fmt typecheck stack-up stack-down stack-status demo test test-unit test-integration bench clean
+.PHONY: help venv gen gen-check publish-contract lint fmt typecheck stack-up stack-down stack-status demo test test-unit test-integration bench bench-hops bench-guard bench-consumers clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -38,10 +38,11 @@ gen-check: $(STAMP) ## Fail when gen/ or proto formatting is stale, lint fails, 
 publish-contract: $(STAMP) ## Make the current contracts the baseline `buf breaking` compares against
 	buf build -o $(BASELINE)
 
-lint: $(STAMP) ## ruff (lint and format check) and mypy
+lint: $(STAMP) ## ruff (lint and format check), mypy, and the import layers (import-linter)
 	ruff check .
 	ruff format --check .
 	mypy $(TYPED)
+	lint-imports
 
 fmt: $(STAMP) ## Format Python and proto files
 	ruff format .
@@ -74,8 +75,19 @@ test-unit: $(STAMP) ## Unit tests only (no stack needed)
 test-integration: stack-up ## Integration tests against the real brokers
 	pytest tests/integration
 
-bench: stack-up ## Each hop raw vs through agentflux in the same run, with ratios (ARGS=--quick | --hop NAME | --json PATH)
+bench: stack-up ## Every hop, the idempotency guard, and the consumers, each beside its raw baseline (ARGS=--quick)
 	python -m bench.hops $(ARGS)
+	python -m bench.guard $(ARGS)
+	python -m bench.consumers $(ARGS)
+
+bench-hops: stack-up ## Each hop raw vs through agentflux, with ratios (ARGS=--quick | --hop NAME | --json PATH)
+	python -m bench.hops $(ARGS)
+
+bench-guard: stack-up ## The idempotency guard with and without a Bloom filter, and where a Bloom filter pays (ARGS=--quick | --json PATH)
+	python -m bench.guard $(ARGS)
+
+bench-consumers: stack-up ## Concurrent consumers beside one-at-a-time ones, Kafka and RabbitMQ (ARGS=--quick | --json PATH)
+	python -m bench.consumers $(ARGS)
 
 clean: ## Remove the venv and caches (not the stack's data: `agentflux stack down --wipe`)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,9 +1,13 @@
-"""Bloom filters that route the idempotency check, pure Python.
+"""Bloom filters for skipping lookups whose answer is almost always "not there", pure
+Python.
 
-A Bloom filter answers "surely new" or "maybe seen" in memory, so the common case (a
-message never seen before) skips the read of the exact store. It never gives a false
-"new", which is what lets a consumer trust its "no"; its "maybe" is wrong with a
-bounded probability, and the caller confirms it against the exact store.
+A Bloom filter answers "surely new" or "maybe seen" in memory. In front of a read-only
+lookup on a stream of mostly new items (is this tool output or embedding cached?), its
+"no" skips the read: `bench/guard.py` measured 950 of 1000 reads skipped at 95% new
+items. It never gives a false "new", so its "no" can be trusted; its "maybe" is wrong
+with a bounded probability, and the caller confirms it against the exact store. It does
+not belong in front of the idempotency claim: that claim is one `SET NX GET` round trip
+whatever the answer, so a "no" saves nothing (measured in the same bench).
 
 Indexes come from one 128-bit BLAKE2b digest by enhanced double hashing (Dillinger and
 Manolios), so every process maps a key to the same bits (`hash()` is salted per

@@ -1,6 +1,7 @@
-"""agentflux's exception tree; each error carries the gRPC status it maps to.
+"""agentflux's exception tree; each error carries the gRPC status it maps to and
+whether trying the same work again may succeed.
 
-    FluxError                       INTERNAL
+    FluxError                       INTERNAL                                      retryable
     ├── InvalidArgument             INVALID_ARGUMENT (+ google.rpc.BadRequest field violations)
     │   └── ContextValueError       a malformed context value (metadata key or header)
     ├── Unauthenticated             UNAUTHENTICATED
@@ -8,13 +9,16 @@
     ├── NotFound                    NOT_FOUND (also another tenant's resource: no existence leak)
     ├── AlreadyExists               ALREADY_EXISTS
     ├── FailedPrecondition          FAILED_PRECONDITION
-    ├── ResourceExhausted           RESOURCE_EXHAUSTED (+ google.rpc.RetryInfo when retry_after)
-    ├── DeadlineExceeded            DEADLINE_EXCEEDED
-    └── Unavailable                 UNAVAILABLE (+ RetryInfo)
+    ├── ResourceExhausted           RESOURCE_EXHAUSTED (+ google.rpc.RetryInfo)   retryable
+    ├── DeadlineExceeded            DEADLINE_EXCEEDED                             retryable
+    └── Unavailable                 UNAVAILABLE (+ RetryInfo)                     retryable
 
 The gRPC server interceptor turns any `FluxError` into its status with
 `google.rpc.Status` details (ErrorInfo always), and anything else into INTERNAL
-without leaking the exception text."""
+without leaking the exception text. Consumers retry a failed handler only when its
+error is retryable (`is_retryable(exc)`: any exception that is not a `FluxError` is, since
+its cause is unknown); invalid input goes to the dead-letter queue at once. Each class
+has a default, and `retryable=` on an instance overrides it."""
 
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ __all__ = [
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
+    "is_retryable",
 ]
 
 DOMAIN = "agentflux.dev"
@@ -44,6 +49,7 @@ class FluxError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     default_reason = "INTERNAL"
+    default_retryable = True
 
     def __init__(
         self,
@@ -52,12 +58,14 @@ class FluxError(Exception):
         reason: str | None = None,
         metadata: Mapping[str, str] | None = None,
         retry_after: float | None = None,
+        retryable: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
         self.metadata = dict(metadata or {})
         self.retry_after = retry_after
+        self.retryable = self.default_retryable if retryable is None else retryable
 
 
 class InvalidArgument(FluxError):
@@ -65,6 +73,7 @@ class InvalidArgument(FluxError):
 
     code = grpc.StatusCode.INVALID_ARGUMENT
     default_reason = "INVALID_ARGUMENT"
+    default_retryable = False
 
     def __init__(self, field: str, description: str, **kw: object) -> None:
         super().__init__(f"{field}: {description}", **kw)  # type: ignore[arg-type]
@@ -88,6 +97,7 @@ class Unauthenticated(FluxError):
 
     code = grpc.StatusCode.UNAUTHENTICATED
     default_reason = "UNAUTHENTICATED"
+    default_retryable = False
 
 
 class PermissionDenied(FluxError):
@@ -95,6 +105,7 @@ class PermissionDenied(FluxError):
 
     code = grpc.StatusCode.PERMISSION_DENIED
     default_reason = "PERMISSION_DENIED"
+    default_retryable = False
 
 
 class NotFound(FluxError):
@@ -102,6 +113,7 @@ class NotFound(FluxError):
 
     code = grpc.StatusCode.NOT_FOUND
     default_reason = "NOT_FOUND"
+    default_retryable = False
 
 
 class AlreadyExists(FluxError):
@@ -109,6 +121,7 @@ class AlreadyExists(FluxError):
 
     code = grpc.StatusCode.ALREADY_EXISTS
     default_reason = "ALREADY_EXISTS"
+    default_retryable = False
 
 
 class FailedPrecondition(FluxError):
@@ -116,6 +129,7 @@ class FailedPrecondition(FluxError):
 
     code = grpc.StatusCode.FAILED_PRECONDITION
     default_reason = "FAILED_PRECONDITION"
+    default_retryable = False
 
 
 class ResourceExhausted(FluxError):
@@ -137,3 +151,10 @@ class Unavailable(FluxError):
 
     code = grpc.StatusCode.UNAVAILABLE
     default_reason = "UNAVAILABLE"
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether doing the same work again may succeed: a `FluxError` says so itself;
+    anything else has an unknown cause (a network blip, a bug) and gets the bounded
+    retries, after which it is dead-lettered with its reason."""
+    return error.retryable if isinstance(error, FluxError) else True

@@ -1,47 +1,54 @@
 """Effectively-once handling at a consumer boundary under at-least-once delivery.
 
-Every message carries an idempotency key. The exact record of a key lives in Redis at
+Every message has an identity (its idempotency key, else CloudEvents source + id, else
+where it sits in its partition). The exact record of an identity lives in Redis at
 `<namespace>:idem:<key>`: a *pending* claim with a short lease while a handler works on
-it, then the handler's *outcome* with a long TTL. A per-process Bloom filter routes the
-check:
+it, then the handler's *outcome* with a long TTL.
 
-- Bloom "no" (the key was surely never seen here): claim at once with one
-  `SET NX GET PX lease` (NX with GET needs Redis 7.0). Another process may hold the key
-  already; then the same reply carries its record and the message is a duplicate.
-- Bloom "maybe": read the record first (`GET`), so a duplicate is answered with its
-  outcome without a write. No record means the "maybe" was a false positive and the key
-  is claimed as above: the Bloom filter can only cost a round trip, never drop a message.
+A claim is one `SET key marker NX GET PX lease` (NX with GET needs Redis 7.0): one round
+trip either claims the key or returns the record already there, finished or pending.
+No Bloom filter sits in front of it: a filter's "no" would save nothing (the claim is a
+round trip either way) and its "maybe" costs an extra read; `bench/guard.py` measures
+both. A batch claims all its keys in one pipelined round trip (`begin_many`).
 
-A failed handler releases its claim (compare-and-delete, so a claim that expired and was
-taken by another handler is left alone) and a redelivery is handled again; a handler
-that crashed leaves a lease that expires after `lease_s`, with the same effect."""
+Leases are short and renewed while the handler works (`heartbeat`), so a handler that
+crashed frees its key within one lease while a slow live one keeps it. A failed or
+cancelled handler releases its claim (compare-and-delete: a claim that expired and was
+taken by another handler is left alone) and a redelivery is handled again."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import cast
 
 import redis.asyncio as aioredis
 
-from interceptors._bloom import RotatingBloomFilter
-
 __all__ = ["MAX_KEY_LENGTH", "Claim", "GuardStats", "IdempotencyGuard"]
+
+log = logging.getLogger(__name__)
 
 MAX_KEY_LENGTH = 256
 
 # Record values: a tag byte, then the claim's token (pending) or the outcome (done). The
-# token makes a release delete only the claim it made.
+# token makes a release or a renewal touch only the claim it made.
 _PENDING = b"P"
 _DONE = b"D"
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """
@@ -53,10 +60,9 @@ class Claim:
 
     `new`: this caller owns the key and must handle the message, then `complete` (or
     `release` on failure). Otherwise the message is a duplicate: with `pending` False it
-    was handled and `outcome` is what the handler recorded, so ack/commit and skip it.
-    With `pending` True another handler holds a live lease and has not finished; acking
-    then would lose the message if that handler dies, so a consumer that cannot wait
-    should hand it back for a later redelivery (nack/requeue) instead.
+    was handled and `outcome` is what the handler recorded, so settle it and skip it.
+    With `pending` True another handler holds a live lease and has not finished; settling
+    then would lose the message if that handler dies, so wait (`settle`) or hand it back.
 
     Inside `IdempotencyGuard.once`, set `outcome` on a new claim to have it recorded."""
 
@@ -68,17 +74,15 @@ class Claim:
 
 @dataclass(slots=True)
 class GuardStats:
-    """Counters of one guard (one process): `new` claims won, `duplicates` found;
-    `fast_path`: Bloom "no", claimed with one `SET NX` and no read; `exact_checks`: Bloom
-    "maybe", the record read first; `false_positives`: exact checks that found no record,
-    so the key was claimed as new after all."""
+    """Counters of one guard (one process): `new` claims won, `duplicates` found
+    (finished records), `pending_waits` (polls of a claim another handler held),
+    `renewals` of leases and `lost_leases` (a renewal found the claim gone or taken)."""
 
     new: int = 0
     duplicates: int = 0
-    fast_path: int = 0
-    exact_checks: int = 0
-    false_positives: int = 0
     pending_waits: int = 0
+    renewals: int = 0
+    lost_leases: int = 0
 
 
 def check_key(key: str) -> str:
@@ -100,9 +104,9 @@ def _ms(seconds: float, name: str) -> int:
 class IdempotencyGuard:
     """Claims idempotency keys for one consumer (see the module doc).
 
-    `redis` must return bytes (`decode_responses=False`, as `connect_redis` makes it);
-    `capacity` and `error_rate` size the Bloom filter, which remembers the last
-    `capacity` to `2 * capacity` keys of this process."""
+    `redis` must return bytes (`decode_responses=False`, as `connect_redis` makes it).
+    `lease_s` is how long a claim outlives a handler that stopped renewing it (crashed):
+    the longest a redelivery waits for a dead handler's key."""
 
     def __init__(
         self,
@@ -110,9 +114,7 @@ class IdempotencyGuard:
         *,
         namespace: str,
         ttl_s: float = 86400,
-        lease_s: float = 60,
-        capacity: int = 1_000_000,
-        error_rate: float = 0.001,
+        lease_s: float = 10,
     ) -> None:
         if not namespace:
             raise ValueError("namespace must not be empty")
@@ -122,8 +124,8 @@ class IdempotencyGuard:
         self._prefix = f"{namespace}:idem:"
         self._ttl_ms = _ms(ttl_s, "ttl_s")
         self._lease_ms = _ms(lease_s, "lease_s")
-        self._bloom = RotatingBloomFilter(capacity, error_rate)
         self._release = redis.register_script(_RELEASE)
+        self._renew = redis.register_script(_RENEW)
         # The pending marker of each claim this guard holds, for compare-and-delete; an
         # entry lives until `complete` or `release`, which every `new` claim must reach.
         self._held: dict[str, bytes] = {}
@@ -135,62 +137,104 @@ class IdempotencyGuard:
         return replace(self._stats)
 
     @property
-    def bloom(self) -> RotatingBloomFilter:
-        """The Bloom filter in front of the exact store (read it, do not add to it)."""
-        return self._bloom
+    def lease_s(self) -> float:
+        """Seconds a claim lives without renewal."""
+        return self._lease_ms / 1000
 
     def redis_key(self, key: str) -> str:
         """Where the record of `key` lives."""
         return self._prefix + check_key(key)
 
-    async def begin(self, key: str) -> Claim:
-        """Claims `key`, or reports it as a duplicate with its record."""
-        rkey = self.redis_key(key)
-        stats = self._stats
-        if key in self._bloom:
-            stats.exact_checks += 1
-            # bytes: decode_responses is refused in __init__.
-            record = cast("bytes | None", await self._redis.get(rkey))
-            if record is None:
-                stats.false_positives += 1
-                record = await self._claim(key, rkey)
-        else:
-            stats.fast_path += 1
-            record = await self._claim(key, rkey)
-        self._bloom.add(key)
+    def _answer(self, key: str, marker: bytes, record: bytes | None) -> Claim:
         if record is None:
-            stats.new += 1
+            self._held[key] = marker
+            self._stats.new += 1
             return Claim(key, new=True)
-        stats.duplicates += 1
         if record[:1] == _PENDING:
             return Claim(key, new=False, pending=True)
+        self._stats.duplicates += 1
         # A value this guard did not write counts as a finished outcome: never handle twice.
         return Claim(key, new=False, outcome=record[1:] if record[:1] == _DONE else record)
 
-    async def settle(self, key: str, poll_s: float = 0.1) -> Claim:
+    async def begin(self, key: str) -> Claim:
+        """Claims `key`, or reports it as a duplicate (finished or pending) with its
+        record: one `SET NX GET` round trip."""
+        rkey = self.redis_key(key)
+        marker = _PENDING + uuid.uuid4().bytes
+        old = await self._redis.set(rkey, marker, nx=True, get=True, px=self._lease_ms)
+        return self._answer(key, marker, cast("bytes | None", old))
+
+    async def begin_many(self, keys: Sequence[str]) -> list[Claim]:
+        """`begin` for each key, in one pipelined round trip (a batch of records)."""
+        rkeys = [self.redis_key(k) for k in keys]
+        markers = [_PENDING + uuid.uuid4().bytes for _ in keys]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for rkey, marker in zip(rkeys, markers, strict=True):
+                pipe.set(rkey, marker, nx=True, get=True, px=self._lease_ms)
+            olds = await pipe.execute()
+        return [
+            self._answer(k, m, cast("bytes | None", o))
+            for k, m, o in zip(keys, markers, olds, strict=True)
+        ]
+
+    async def settle(self, key: str, *, max_wait_s: float | None = None) -> Claim:
         """Like `begin`, but a pending claim (another handler still working) is waited
-        out: the holder finishes (a finished duplicate) or its lease expires (claimed
-        here). Consumers use this, so a message is never acked while only a handler
-        that may still crash has it."""
+        out: the holder finishes (a finished duplicate) or stops renewing and its lease
+        expires (claimed here). Returns a pending claim only when `max_wait_s` passed.
+
+        Polls back off from 20 ms to a quarter of the lease, so a waiter costs little."""
         claim = await self.begin(key)
-        deadline = time.monotonic() + self._lease_ms / 1000 + 1
-        while claim.pending and time.monotonic() < deadline:
+        began = time.monotonic()
+        delay = 0.02
+        warned = False
+        while claim.pending:
+            waited = time.monotonic() - began
+            if max_wait_s is not None and waited >= max_wait_s:
+                return claim
+            if not warned and waited > 3 * self.lease_s:
+                # The holder keeps renewing: alive, but slow or stuck.
+                log.warning("key %s still held by another handler after %.0f s", key, waited)
+                warned = True
             self._stats.pending_waits += 1
-            self._stats.duplicates -= 1  # not decided yet: counted once it is
-            await asyncio.sleep(poll_s)
+            pause = delay if max_wait_s is None else min(delay, max_wait_s - waited)
+            await asyncio.sleep(max(pause, 0.001))
+            delay = min(delay * 2, self.lease_s / 4)
             claim = await self.begin(key)
         return claim
 
-    async def _claim(self, key: str, rkey: str) -> bytes | None:
-        """SET NX GET: None when claimed, else the record that was there (one round trip)."""
-        marker = _PENDING + uuid.uuid4().bytes
-        old = cast(
-            "bytes | None",
-            await self._redis.set(rkey, marker, nx=True, get=True, px=self._lease_ms),
-        )
-        if old is None:
-            self._held[key] = marker
-        return old
+    async def renew(self, key: str) -> bool:
+        """Extends this guard's claim of `key` by one lease; False when the claim is no
+        longer this guard's (completed, released, or expired and taken)."""
+        marker = self._held.get(key)
+        if marker is None:
+            return False
+        renewed = bool(await self._renew(keys=[self.redis_key(key)], args=[marker, self._lease_ms]))
+        if renewed:
+            self._stats.renewals += 1
+        else:
+            self._stats.lost_leases += 1
+        return renewed
+
+    @asynccontextmanager
+    async def heartbeat(self, key: str) -> AsyncIterator[None]:
+        """Renews the claim of `key` every third of a lease while the block runs, so
+        a live handler keeps its key however long it works."""
+        task = asyncio.create_task(self._beat(key), name=f"lease {key}")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _beat(self, key: str) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                if not await self.renew(key):
+                    log.warning("lost the claim of %s: another handler may run it too", key)
+                    return
+            except Exception:  # Redis hiccup: the next beat tries again within the lease
+                log.warning("could not renew the claim of %s", key, exc_info=True)
 
     async def complete(self, key: str, outcome: bytes = b"") -> None:
         """Records `outcome` for `key` for `ttl_s`: later deliveries are duplicates.
@@ -213,16 +257,19 @@ class IdempotencyGuard:
 
     @asynccontextmanager
     async def once(self, key: str) -> AsyncIterator[Claim]:
-        """`begin(key)`, then for a new claim: `complete` with `claim.outcome` when the
-        block succeeds, `release` (and re-raise) when it fails or is cancelled. The block
-        runs either way; it checks `claim.new` to skip duplicates."""
+        """`begin(key)`, then for a new claim: renew the lease while the block runs,
+        `complete` with `claim.outcome` when it succeeds, `release` (and re-raise) when it
+        fails or is cancelled. The block runs either way; it checks `claim.new` to skip
+        duplicates."""
         claim = await self.begin(key)
         if not claim.new:
             yield claim
             return
         try:
-            yield claim
+            async with self.heartbeat(key):
+                yield claim
         except BaseException:
-            await self.release(key)
+            # Shielded: a cancelled handler must still free its key for the redelivery.
+            await asyncio.shield(self.release(key))
             raise
         await self.complete(key, claim.outcome or b"")

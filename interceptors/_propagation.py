@@ -59,6 +59,9 @@ class Extracted:
     trace_parent: otel_context.Context
     rejected: list[ContextValueError] = field(default_factory=list)
     attributes: dict[str, str] = field(default_factory=dict)  # ce_type, ce_source, ce_time, ...
+    # False when the carrier had no usable event id and `context.event_id` was made up
+    # here: a consumer then derives a stable identity for dedupe instead.
+    event_id_given: bool = True
 
 
 def _one(getter: Getter[C], carrier: C, key: str) -> str | None:
@@ -106,13 +109,15 @@ def extract(getter: Getter[C], carrier: C, transport: str, *, strict: bool) -> E
     )
 
     fields.setdefault("correlation_id", new_id())
-    fields.setdefault("event_id", new_id())
+    given = "event_id" in fields
+    if not given:
+        fields["event_id"] = new_id()
     attributes = {
         k: v
-        for k in ("ce_type", "ce_source", "ce_time", "ce_specversion")
+        for k in ("ce_type", "ce_source", "ce_time", "ce_specversion", "content-type")
         if (v := _one(getter, carrier, k))
     }
-    return Extracted(FluxContext(**fields), parent, rejected, attributes)
+    return Extracted(FluxContext(**fields), parent, rejected, attributes, given)
 
 
 class _Hiding(Getter[C]):

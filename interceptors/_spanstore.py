@@ -1,7 +1,7 @@
 """The local span store: finished spans appended as JSON lines, always on in development.
 
 One file per day under `<stack_dir>/traces/spans-YYYYMMDD.jsonl`, one JSON object per
-span (the format `agentflux trace` reads):
+span (the format `agentflux trace` reads, through `services.cli.spans`):
 
     {"trace_id": "32 hex", "span_id": "16 hex", "parent_span_id": "16 hex" | null,
      "name": "publish agent.requested", "kind": "PRODUCER", "service": "gateway",
@@ -17,7 +17,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import format_span_id, format_trace_id
 
-__all__ = ["JsonLinesSpanExporter", "read_spans", "span_to_dict"]
+__all__ = ["JsonLinesSpanExporter", "span_to_dict"]
 
 
 def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
@@ -91,14 +91,3 @@ class JsonLinesSpanExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return True
-
-
-def read_spans(folder: Path) -> Iterator[dict[str, Any]]:
-    """Every span record in the store, oldest file first; torn lines are skipped."""
-    for path in sorted(folder.glob("spans-*.jsonl")):
-        with path.open(encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                try:
-                    yield json.loads(line)
-                except ValueError:
-                    continue

@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from contextlib import aclosing
 
 from agentflux.v1 import events_pb2, tasks_pb2, types_pb2
 from google.protobuf import duration_pb2, struct_pb2
 
 from interceptors import (
-    Delivery,
     EventConsumer,
     EventProducer,
     FluxContext,
@@ -37,6 +35,7 @@ from services.runtime.adapters.rabbitmq import RabbitConnection
 from services.runtime.adapters.redis import connect_redis
 from services.runtime.config import Settings
 from services.runtime.contracts import registry
+from services.runtime.topology import task_topology
 
 __all__ = ["run_demo"]
 
@@ -105,14 +104,16 @@ async def run_demo(settings: Settings, say: Say) -> str:
             await tasks_out.publish(task, idempotency_key=f"{run_id}:0:call-1")
             return b"planned"
 
-        async def work(delivery: Delivery) -> bytes:
-            task = delivery.task
+        async def work(delivery: Incoming) -> bytes:
+            task = delivery.event
             assert isinstance(task, tasks_pb2.ToolTask)
+            if task.run_id != run_id:  # an earlier demo's task: nothing left to do
+                return b""
             marks["worked"] = time.perf_counter()
             turns = await redis.hget(f"agentflux:demo:session:{task.conversation_id}", "turns")
             template = memcached.get("agentflux:demo:template:calculator")
             say(
-                f"worker     got {task.call.name} (AMQP priority {delivery.message.priority}); "
+                f"worker     got {task.call.name} (AMQP priority {delivery.inbound.raw.priority}); "
                 f"session turns={turns!r} from Redis, template {template!r} from Memcached"
             )
             result = events_pb2.ToolCalled(
@@ -136,31 +137,22 @@ async def run_demo(settings: Settings, say: Say) -> str:
         planner = EventConsumer(
             planner_kafka,
             tel["planner"],
-            group=_GROUP,
             dead_letters=producer,
             guard=IdempotencyGuard(redis, namespace="agentflux:demo:planner"),
         )
+        task_contract = contracts.task(tasks_pb2.ToolTask)
         worker = TaskConsumer(
+            rabbit,
             tel["worker"],
-            contracts.task(tasks_pb2.ToolTask),
-            queue=contracts.task(tasks_pb2.ToolTask).queue,
+            task_contract,
+            topology=task_topology(settings, task_contract),
             guard=IdempotencyGuard(redis, namespace="agentflux:demo:worker"),
         )
-
-        async def consume_tasks() -> None:
-            async with aclosing(rabbit.consume(worker.queue)) as deliveries:
-                async for message in deliveries:
-                    if message.headers.get("ce_runid") != run_id:
-                        await message.reject(requeue=True)  # not this demo's: leave it
-                        continue
-                    await worker.handle(message, work)
-                    if done.is_set():
-                        return
 
         stop = asyncio.Event()
         running = [
             asyncio.create_task(planner.run(plan, stop)),
-            asyncio.create_task(consume_tasks()),
+            asyncio.create_task(worker.run(work, stop)),
         ]
         # Emit once the planner holds its partitions, so the queue wait shown is the
         # hop's own and not the group join.
@@ -179,9 +171,7 @@ async def run_demo(settings: Settings, say: Say) -> str:
         try:
             await asyncio.wait_for(done.wait(), timeout=60)
         finally:
-            stop.set()
-            for task in running:
-                task.cancel()
+            stop.set()  # both consumers finish what they hold, commit and return
             await asyncio.gather(*running, return_exceptions=True)
         say(
             f"timeline   planner got it after {_ms(began, marks['planned'])}, "

@@ -26,7 +26,7 @@ from services.runtime.topology import (
     task_topologies,
 )
 from services.stack._errors import StackError
-from services.stack._install import ensure_commands
+from services.stack._install import TOOLS, ensure_commands
 from services.stack._procs import is_alive, port_open, read_pid, spawn, stop, tail
 from services.stack._services import Service, all_services
 
@@ -131,7 +131,7 @@ def up(settings: Settings, say: Say = _quiet) -> list[ServiceStatus]:
     services = all_services(settings)
     with _locked(settings):
         say(f"stack folder {settings.stack_dir}")
-        ensure_commands([c for s in services for c in s.commands], say)
+        ensure_commands([*(c for s in services for c in s.commands), *TOOLS], say)
 
         starting: list[tuple[Service, int, float]] = []
         for service in services:

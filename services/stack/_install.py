@@ -16,7 +16,7 @@ from pathlib import Path
 
 from services.stack._errors import StackError
 
-__all__ = ["DEPLOY_DIR", "ensure_commands", "ensure_kafka_jars", "java_major"]
+__all__ = ["DEPLOY_DIR", "TOOLS", "ensure_commands", "ensure_kafka_jars", "java_major"]
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "local"
 
@@ -27,7 +27,13 @@ PACKAGES: dict[str, str] = {
     "/usr/lib/rabbitmq/bin/rabbitmq-server": "rabbitmq-server",
     "java": "openjdk-17-jre-headless",
     "mvn": "maven",
+    "kcat": "kcat",
 }
+
+# Installed beside the services: kcat reads and writes any topic from the shell (the
+# dead-letter topic, say), and writes what Python clients cannot, such as a header
+# whose name is not UTF-8; the tests use it as the non-Python producer it is.
+TOOLS = ("kcat",)
 
 _POLICY_RC = Path("/usr/sbin/policy-rc.d")
 

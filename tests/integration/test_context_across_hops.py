@@ -28,15 +28,13 @@ from opentelemetry.trace import SpanKind, format_trace_id
 from typer.testing import CliRunner
 
 from interceptors import (
-    Delivery,
     EventConsumer,
     EventProducer,
     FluxContext,
-    Handled,
     IdempotencyGuard,
     Incoming,
+    Outcome,
     ServerContextInterceptor,
-    Settled,
     TaskConsumer,
     TaskPublisher,
     Telemetry,
@@ -68,7 +66,7 @@ class Seen:
 
     gateway: list[FluxContext] = field(default_factory=list)
     planner: list[Incoming] = field(default_factory=list)
-    worker: list[Delivery] = field(default_factory=list)
+    worker: list[Incoming] = field(default_factory=list)
     worker_reads: list[tuple[Any, Any]] = field(default_factory=list)
 
 
@@ -189,9 +187,9 @@ async def test_one_request_across_five_systems(
         memcached.set(f"{prefix}template", b"Answer: {x}")
         results_out = EventProducer(producer, worker_tel, source="/worker", topic_prefix=prefix)
 
-        async def work(delivery: Delivery) -> bytes:
-            seen.worker.append(delivery)
-            task = delivery.task
+        async def work(incoming: Incoming) -> bytes:
+            seen.worker.append(incoming)
+            task = incoming.event
             assert isinstance(task, tasks_pb2.ToolTask)
             state = await redis.get(f"{prefix}session")
             template = memcached.get(f"{prefix}template")
@@ -209,19 +207,16 @@ async def test_one_request_across_five_systems(
             await results_out.emit(done, idempotency_key=f"{task.run_id}:0:call-1:done")
             return b"worked"
 
-        queue = prefix + contracts.task(tasks_pb2.ToolTask).queue
+        tool_tasks = contracts.task(tasks_pb2.ToolTask)
+        queue = prefix + tool_tasks.queue
         worker = TaskConsumer(
+            rabbit,
             worker_tel,
-            contracts.task(tasks_pb2.ToolTask),
-            queue=queue,
+            tool_tasks,
+            topology=task_topology(settings, tool_tasks, prefix),
             guard=IdempotencyGuard(redis, namespace=f"{prefix}worker"),
         )
-
-        async def consume_tasks() -> None:
-            async for message in rabbit.consume(queue):
-                await worker.handle(message, work)
-
-        tasks.append(asyncio.create_task(consume_tasks()))
+        tasks.append(asyncio.create_task(worker.run(work, stop)))
 
         # -- the call ----------------------------------------------------------------
         client_ctx = FluxContext.new(correlation_id="corr-e2e-42", tenant_id="acme")
@@ -254,12 +249,12 @@ async def test_one_request_across_five_systems(
         await _until(lambda: produced, "ToolCalled on the result topic")
 
         # -- duplicates: the same record and the same message again ------------------
-        first = seen.planner[0].record
+        first = seen.planner[0].inbound.raw
         await producer.produce(
             first.topic() or "", first.value() or b"", key=first.key(), headers=first.headers()
         )
-        await _until(lambda: planner.counts[Handled.DUPLICATE] == 1, "the Kafka duplicate")
-        raw_task = seen.worker[0].message
+        await _until(lambda: planner.counts[Outcome.DUPLICATE] == 1, "the Kafka duplicate")
+        raw_task = seen.worker[0].inbound.raw
         await rabbit.publish(
             prefix + contracts.task(tasks_pb2.ToolTask).exchange,
             queue,
@@ -268,10 +263,13 @@ async def test_one_request_across_five_systems(
             priority=raw_task.priority,
             message_id=raw_task.message_id,
         )
-        await _until(lambda: worker.counts[Settled.DUPLICATE] == 1, "the AMQP duplicate")
+        await _until(lambda: worker.counts[Outcome.DUPLICATE] == 1, "the AMQP duplicate")
         await asyncio.sleep(0.5)  # time for any wrong second handling to show up
     finally:
         stop.set()
+        # The consumers stop gracefully; what does not within the grace is cancelled.
+        if tasks:
+            await asyncio.wait(tasks, timeout=30)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -288,8 +286,8 @@ async def test_one_request_across_five_systems(
         uninstrument_caches()
 
     # -- handled once each ---------------------------------------------------------------
-    assert planner.counts[Handled.HANDLED] == 1
-    assert worker.counts[Settled.ACKED] == 1
+    assert planner.counts[Outcome.HANDLED] == 1
+    assert worker.counts[Outcome.HANDLED] == 1
     assert len(seen.planner) == 1
     assert len(seen.worker) == 1
     assert len(produced) == 1
@@ -315,11 +313,11 @@ async def test_one_request_across_five_systems(
     assert tool_task.context.causation_id == requested.context.event_id
     assert tool_called["ce_causationid"].decode() == tool_task.context.event_id
     # CloudEvents attributes as delivered.
-    rec_headers = dict(requested.record.headers() or [])
+    rec_headers = dict(requested.inbound.raw.headers() or [])
     assert rec_headers["ce_type"] == b"agentflux.v1.AgentRequested"
     assert rec_headers["ce_specversion"] == b"1.0"
     assert rec_headers["content-type"] == b"application/protobuf"
-    assert (tool_task.message.headers or {})["ce_type"] == "agentflux.v1.ToolTask"
+    assert (tool_task.inbound.raw.headers or {})["ce_type"] == "agentflux.v1.ToolTask"
     assert tool_called["ce_type"] == b"agentflux.v1.ToolCalled"
 
     # -- one trace, right shape ---------------------------------------------------------

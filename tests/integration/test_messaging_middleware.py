@@ -1,12 +1,14 @@
 """The Kafka and RabbitMQ middleware on the real brokers, where messages go wrong.
 
 Malformed context headers are dropped, replaced and recorded, never propagated;
-undecodable payloads are dead-lettered with their original bytes and do not block the
-partition or queue; failing handlers are retried, then dead-lettered, and release their
+undecodable payloads are dead-lettered with their original bytes and a reason and do
+not block the partition or queue; failing handlers are retried (in place on Kafka,
+through the delay-tier queues on RabbitMQ), then dead-lettered, and release their
 idempotency claim; a batch span links every producer; a message whose idempotency key
 another handler still holds is neither skipped nor acked until that claim is decided.
 
-Every test runs on topics, queues, groups and Redis keys under its own prefix."""
+Every test runs on topics, queues, groups and Redis keys under its own prefix; the task
+queue's delay tiers are 200 and 400 ms."""
 
 from __future__ import annotations
 
@@ -28,14 +30,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from interceptors import (
-    Delivery,
+    ATTEMPT_HEADER,
     EventConsumer,
     EventProducer,
     FluxContext,
-    Handled,
     IdempotencyGuard,
     Incoming,
-    Settled,
+    Outcome,
     TaskConsumer,
     TaskPublisher,
     Telemetry,
@@ -58,7 +59,9 @@ pytestmark = pytest.mark.integration
 
 CONTRACTS = registry()
 TASK = CONTRACTS.task(tasks_pb2.ToolTask)
+REQUESTED = CONTRACTS.event(events_pb2.AgentRequested).type_name
 POISON = b"\xff\xff\xff"
+DELAYS_MS = [200, 400]
 
 BAD_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 # Each value is malformed in its own way: too long, a space, not a number, a zero span id.
@@ -106,7 +109,7 @@ class Kit:
 async def kit(settings: Settings, prefix: str) -> AsyncIterator[Kit]:
     topics = kafka_topics(settings, prefix=prefix)
     await ensure_kafka_topics(settings, topics)
-    topo = task_topology(settings, TASK, prefix)
+    topo = task_topology(Settings(tool_task_retry_delays_ms=DELAYS_MS), TASK, prefix)
     rabbit = await RabbitConnection.connect(settings)
     await declare_task_topology(rabbit.channel, topo)
     memory = InMemorySpanExporter()
@@ -161,6 +164,12 @@ def tool_task(run_id: str = "run-1") -> tasks_pb2.ToolTask:
     return task
 
 
+def claim_key(idempotency_key: str) -> str:
+    """The guard's key of a message carrying `idempotency_key` (the consumers' identity
+    of it: an idempotency key is namespaced apart from event ids and positions)."""
+    return "ik:" + idempotency_key
+
+
 def headers_of(record: Record) -> list[tuple[str, bytes]]:
     """A consumed record's headers (confluent-kafka's stubs allow more shapes)."""
     raw: Any = record.headers() or []
@@ -177,10 +186,10 @@ async def consume_n(consumer: KafkaConsumer, n: int, timeout: float = 20.0) -> l
 
 
 async def handle_deliveries(
-    kit: Kit, consumer: TaskConsumer, handler: Any, *, until: set[Settled], timeout: float = 20.0
-) -> list[Settled]:
-    """Handles deliveries of the work queue until one settles as one of `until`."""
-    out: list[Settled] = []
+    kit: Kit, consumer: TaskConsumer, handler: Any, *, until: set[Outcome], timeout: float = 20.0
+) -> list[Outcome]:
+    """Handles deliveries of the work queue until one ends as one of `until`."""
+    out: list[Outcome] = []
     async with contextlib.aclosing(kit.rabbit.consume(kit.topo.queue)) as deliveries:
         async with asyncio.timeout(timeout):
             async for message in deliveries:
@@ -232,7 +241,7 @@ def emitting_handler(kit: Kit, seen: Observed) -> Any:
     """A handler that records its bound context and emits ToolCalled under it."""
     events = EventProducer(kit.producer, kit.telemetry, source="/test", topic_prefix=kit.prefix)
 
-    async def handle(incoming: Incoming | Delivery) -> bytes:
+    async def handle(incoming: Incoming) -> bytes:
         ctx = current()
         assert ctx is not None
         seen.bound.append(ctx)
@@ -290,14 +299,15 @@ async def test_malformed_kafka_headers_are_dropped_replaced_and_recorded(kit: Ki
         topic,
         requested("conv-bad").SerializeToString(),
         key=b"conv-bad",
-        headers=[(k, v.encode()) for k, v in BAD_HEADERS.items()],
+        headers=[("ce_type", REQUESTED.encode())]
+        + [(k, v.encode()) for k, v in BAD_HEADERS.items()],
     )
     kafka = kit.consumer("planner", topic)
     (record,) = await consume_n(kafka, 1)
     consumer = EventConsumer(
         kafka, kit.telemetry, group="planner", dead_letters=kit.producer, topic_prefix=kit.prefix
     )
-    assert await consumer.handle(record, emitting_handler(kit, seen)) == Handled.HANDLED
+    assert await consumer.handle(record, emitting_handler(kit, seen)) == Outcome.HANDLED
 
     (emitted,) = await consume_n(kit.consumer("results", kit.topic("agent.tool_called")), 1)
     await assert_bad_context_contained(kit, seen, f"process {topic}", emitted)
@@ -310,10 +320,11 @@ async def test_malformed_amqp_headers_are_dropped_replaced_and_recorded(kit: Kit
         kit.topo.routing_key,
         tool_task().SerializeToString(),
         headers=BAD_HEADERS,
+        message_type=TASK.type_name,
     )
-    worker = TaskConsumer(kit.telemetry, TASK, queue=kit.topo.queue)
-    settled = await handle_deliveries(kit, worker, emitting_handler(kit, seen), until=set(Settled))
-    assert settled == [Settled.ACKED]
+    worker = TaskConsumer(kit.rabbit, kit.telemetry, TASK, topology=kit.topo)
+    settled = await handle_deliveries(kit, worker, emitting_handler(kit, seen), until=set(Outcome))
+    assert settled == [Outcome.HANDLED]
 
     (emitted,) = await consume_n(kit.consumer("results", kit.topic("agent.tool_called")), 1)
     await assert_bad_context_contained(kit, seen, f"process {kit.topo.queue}", emitted)
@@ -324,22 +335,36 @@ async def test_malformed_amqp_headers_are_dropped_replaced_and_recorded(kit: Kit
 
 async def test_undecodable_kafka_record_is_dead_lettered_and_passed(kit: Kit) -> None:
     topic = kit.topic()
-    original = [("ce_type", b"agentflux.v1.AgentRequested"), ("x-origin", b"fuzzer")]
+    original = [("ce_type", REQUESTED.encode()), ("x-origin", b"fuzzer")]
     await kit.producer.produce(topic, POISON, key=b"conv-poison", headers=original)
+    events = EventProducer(kit.producer, kit.telemetry, source="/test", topic_prefix=kit.prefix)
+    await events.emit(requested("conv-poison", run_id="run-after"), idempotency_key="after")
     kafka = kit.consumer("planner", topic)
-    (record,) = await consume_n(kafka, 1)
     group = f"{kit.prefix}planner"
     consumer = EventConsumer(
         kafka, kit.telemetry, group=group, dead_letters=kit.producer, topic_prefix=kit.prefix
     )
-    seen = Observed()
+    handled: list[tuple[str, Record]] = []
+    passed = asyncio.Event()
 
-    async def never(incoming: Incoming) -> None:
-        seen.calls += 1
+    async def plan(incoming: Incoming) -> bytes:
+        assert isinstance(incoming.event, events_pb2.AgentRequested)
+        handled.append((incoming.event.run_id, incoming.inbound.raw))
+        passed.set()
+        return b"planned"
 
-    assert await consumer.handle(record, never) == Handled.DEAD_LETTERED
-    assert seen.calls == 0
-    await kafka.commit()
+    # The run loop: it passes the poison, handles the record behind it, and commits both.
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(plan, stop))
+    try:
+        await asyncio.wait_for(passed.wait(), 30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 60)
+    ((run, after),) = handled  # never called for the poison
+    assert run == "run-after"
+    assert (consumer.counts[Outcome.DEAD_LETTERED], consumer.counts[Outcome.HANDLED]) == (1, 1)
+    poison_offset = (after.offset() or 0) - 1
 
     # The dead-letter topic has the record as it arrived, plus where it came from and why.
     (dead,) = await consume_n(kit.consumer("dlq-reader", kit.topic("agent.dlq")), 1)
@@ -349,47 +374,61 @@ async def test_undecodable_kafka_record_is_dead_lettered_and_passed(kit: Kit) ->
     assert headers[: len(original)] == original
     dlq = dict(headers)
     assert dlq["dlq_topic"] == topic.encode()
-    assert dlq["dlq_partition"] == str(record.partition()).encode()
-    assert dlq["dlq_offset"] == str(record.offset()).encode()
+    assert dlq["dlq_partition"] == str(after.partition()).encode()
+    assert dlq["dlq_offset"] == str(poison_offset).encode()
     assert dlq["dlq_group"] == group.encode()
-    assert dlq["dlq_error"].startswith(b"undecodable")
-    span = one_span(kit.spans(), f"process {topic}", SpanKind.CONSUMER)
-    assert span.status.status_code == StatusCode.ERROR
+    assert dlq["dlq_reason"] == b"UNDECODABLE"
+    assert REQUESTED.encode() in dlq["dlq_error"]
+    spans = [
+        s
+        for s in kit.spans()
+        if s.name == f"process {topic}"
+        and s.kind == SpanKind.CONSUMER
+        and (s.attributes or {}).get("messaging.kafka.offset") == poison_offset
+    ]
+    assert [s.status.status_code for s in spans] == [StatusCode.ERROR]
 
-    # The partition moved on: a new consumer of the group starts after the poison.
-    after = requested("conv-poison", run_id="run-after")
-    await kit.producer.produce(topic, after.SerializeToString(), key=b"conv-poison")
+    # The partition moved on: a new consumer of the group starts after both records.
+    nxt = requested("conv-poison", run_id="run-next")
+    await kit.producer.produce(topic, nxt.SerializeToString(), key=b"conv-poison")
     await kafka.close()
     kit.consumers.remove(kafka)
     (next_record,) = await consume_n(kit.consumer("planner", topic), 1)
-    assert next_record.partition() == record.partition()
-    assert next_record.offset() == (record.offset() or 0) + 1
-    assert next_record.value() == after.SerializeToString()
+    assert next_record.partition() == after.partition()
+    assert next_record.offset() == (after.offset() or 0) + 1
+    assert next_record.value() == nxt.SerializeToString()
 
 
 async def test_undecodable_task_is_dead_lettered_at_once(kit: Kit) -> None:
     await kit.rabbit.publish(
-        kit.topo.exchange, kit.topo.routing_key, POISON, headers={"x-origin": "fuzzer"}
+        kit.topo.exchange,
+        kit.topo.routing_key,
+        POISON,
+        headers={"x-origin": "fuzzer", "ce_type": TASK.type_name},
     )
     seen = Observed()
 
-    async def never(delivery: Delivery) -> None:
+    async def never(incoming: Incoming) -> None:
         seen.calls += 1
 
-    worker = TaskConsumer(kit.telemetry, TASK, queue=kit.topo.queue)
-    assert await handle_deliveries(kit, worker, never, until=set(Settled)) == [
-        Settled.DEAD_LETTERED
+    worker = TaskConsumer(kit.rabbit, kit.telemetry, TASK, topology=kit.topo)
+    assert await handle_deliveries(kit, worker, never, until=set(Outcome)) == [
+        Outcome.DEAD_LETTERED
     ]
     assert seen.calls == 0
     (dead,) = await dead_letters(kit)
     assert dead.body == POISON
-    assert (dead.headers or {})["x-origin"] == "fuzzer"
-    deaths = (dead.headers or {})["x-death"]
-    assert isinstance(deaths, list)
-    (death,) = deaths
-    assert isinstance(death, dict)
-    assert (death["reason"], death["count"], death["queue"]) == ("rejected", 1, kit.topo.queue)
+    headers: dict[str, Any] = dict(dead.headers or {})
+    assert headers["x-origin"] == "fuzzer"
+    # Published to the dead-letter queue by the consumer, with why; not rejected into it.
+    assert headers["dlq_reason"] == "UNDECODABLE"
+    assert TASK.type_name in headers["dlq_error"]
+    assert headers["dlq_queue"] == kit.topo.queue
+    assert headers["dlq_attempts"] == 1
+    assert "x-death" not in headers
     assert await queue_count(kit, kit.topo.queue) == 0
+    span = one_span(kit.spans(), f"process {kit.topo.queue}", SpanKind.CONSUMER)
+    assert span.status.status_code == StatusCode.ERROR
 
 
 # -- 3. handler failures ---------------------------------------------------------------------
@@ -418,11 +457,12 @@ async def test_failing_kafka_handler_is_retried_then_dead_lettered(kit: Kit, red
         seen.calls += 1
         raise RuntimeError("tool exploded")
 
-    assert await consumer.handle(record, boom) == Handled.DEAD_LETTERED
+    assert await consumer.handle(record, boom) == Outcome.DEAD_LETTERED
     assert seen.calls == 2
 
     (dead,) = await consume_n(kit.consumer("dlq-reader", kit.topic("agent.dlq")), 1)
     assert dead.value() == sent.SerializeToString()
+    assert dict(headers_of(dead))["dlq_reason"] == b"RETRIES_EXHAUSTED"
     error = dict(headers_of(dead))["dlq_error"].decode()
     assert "RuntimeError" in error
     assert "tool exploded" in error
@@ -431,34 +471,41 @@ async def test_failing_kafka_handler_is_retried_then_dead_lettered(kit: Kit, red
     assert attempts == [1, 2]
 
     # The claim was released: the key is free, a redelivery would be handled again.
-    assert await redis.exists(guard.redis_key("run-1:requested")) == 0
-    again = await guard.begin("run-1:requested")
+    assert await redis.exists(guard.redis_key(claim_key("run-1:requested"))) == 0
+    again = await guard.begin(claim_key("run-1:requested"))
     assert again.new
 
 
-async def test_failing_task_handler_is_requeued_once_then_dead_lettered(
+async def test_failing_task_handler_is_retried_through_the_delay_tiers_then_dead_lettered(
     kit: Kit, redis: Any
 ) -> None:
     publisher = TaskPublisher(kit.rabbit, kit.telemetry, source="/test", name_prefix=kit.prefix)
     sent = tool_task()
     await publisher.publish(sent, idempotency_key="run-1:0:call")
     guard = IdempotencyGuard(redis, namespace=f"{kit.prefix}worker")
-    worker = TaskConsumer(kit.telemetry, TASK, queue=kit.topo.queue, guard=guard)
-    redelivered: list[bool] = []
+    worker = TaskConsumer(kit.rabbit, kit.telemetry, TASK, topology=kit.topo, guard=guard)
+    attempts: list[tuple[int, Any]] = []
 
-    async def boom(delivery: Delivery) -> None:
-        redelivered.append(bool(delivery.message.redelivered))
+    async def boom(incoming: Incoming) -> None:
+        headers = incoming.inbound.raw.headers or {}
+        attempts.append((incoming.attempt, headers.get(ATTEMPT_HEADER)))
         raise RuntimeError("tool exploded")
 
     settled = await handle_deliveries(
-        kit, worker, boom, until={Settled.DEAD_LETTERED, Settled.ACKED, Settled.DUPLICATE}
+        kit, worker, boom, until={Outcome.DEAD_LETTERED, Outcome.HANDLED, Outcome.DUPLICATE}
     )
-    assert settled == [Settled.REQUEUED, Settled.DEAD_LETTERED]
-    assert redelivered == [False, True]
+    # One attempt, then one more per delay tier.
+    assert settled == [Outcome.RETRYING, Outcome.RETRYING, Outcome.DEAD_LETTERED]
+    assert attempts == [(1, None), (2, 2), (3, 3)]
     (dead,) = await dead_letters(kit)
     assert dead.body == sent.SerializeToString()
-    assert await queue_count(kit, kit.topo.queue) == 0
-    assert (await guard.begin("run-1:0:call")).new
+    headers: dict[str, Any] = dict(dead.headers or {})
+    assert headers["dlq_reason"] == "RETRIES_EXHAUSTED"
+    assert headers["dlq_attempts"] == 1 + len(DELAYS_MS)
+    assert "RuntimeError: tool exploded" in headers["dlq_error"]
+    for queue in (kit.topo.queue, *kit.topo.retry_queues.values()):
+        assert await queue_count(kit, queue) == 0
+    assert (await guard.begin(claim_key("run-1:0:call"))).new
 
 
 # -- 4. batches ------------------------------------------------------------------------------
@@ -487,10 +534,10 @@ async def test_batch_span_links_every_producer_and_handles_each_once(kit: Kit, r
         handled.append(incoming.event.run_id)
         return b"planned"
 
-    assert await consumer.handle_batch(records, plan) == [Handled.HANDLED] * 3
+    assert await consumer.handle_batch(records, plan) == [Outcome.HANDLED] * 3
     assert sorted(handled) == runs
     # The same batch again (a redelivery after a crash) is three duplicates.
-    assert await consumer.handle_batch(records, plan) == [Handled.DUPLICATE] * 3
+    assert await consumer.handle_batch(records, plan) == [Outcome.DUPLICATE] * 3
     assert sorted(handled) == runs
 
     spans = kit.spans()
@@ -515,7 +562,8 @@ async def test_batch_span_links_every_producer_and_handles_each_once(kit: Kit, r
 # -- 5. a claim another handler still holds --------------------------------------------------
 
 # (lease of the other handler's claim, lease of the consumer's own guard): with the second,
-# the consumer's wait (its own lease + 1 s) ends while the other claim is still pending.
+# a task consumer's wait (two of its own leases) ends while the other claim is still
+# pending, so it hands the task back; a Kafka consumer waits until the claim is decided.
 LEASES = [pytest.param(0.5, 60.0, id="waits-out-lease"), pytest.param(2.0, 0.2, id="longer-lease")]
 
 
@@ -525,7 +573,7 @@ async def test_kafka_record_with_pending_claim_waits_then_is_handled(
 ) -> None:
     namespace = f"{kit.prefix}planner"
     other = IdempotencyGuard(redis, namespace=namespace, lease_s=held_s)
-    assert (await other.begin("run-1:requested")).new  # ...and that handler dies
+    assert (await other.begin(claim_key("run-1:requested"))).new  # ...and that handler dies
     claimed_at = time.monotonic()
     events = EventProducer(kit.producer, kit.telemetry, source="/test", topic_prefix=kit.prefix)
     await events.emit(requested("conv-pending"), idempotency_key="run-1:requested")
@@ -545,11 +593,11 @@ async def test_kafka_record_with_pending_claim_waits_then_is_handled(
         seen.calls += 1
         return b"planned"
 
-    assert await consumer.handle(record, plan) == Handled.HANDLED
+    assert await consumer.handle(record, plan) == Outcome.HANDLED
     # Not decided before the other claim's lease ran out.
     assert time.monotonic() - claimed_at >= held_s * 0.9
     assert seen.calls == 1
-    decided = await other.begin("run-1:requested")
+    decided = await other.begin(claim_key("run-1:requested"))
     assert (decided.new, decided.pending, decided.outcome) == (False, False, b"planned")
 
 
@@ -559,32 +607,33 @@ async def test_task_with_pending_claim_is_not_acked_then_is_handled(
 ) -> None:
     namespace = f"{kit.prefix}worker"
     other = IdempotencyGuard(redis, namespace=namespace, lease_s=held_s)
-    assert (await other.begin("run-1:0:call")).new  # ...and that handler dies
+    assert (await other.begin(claim_key("run-1:0:call"))).new  # ...and that handler dies
     claimed_at = time.monotonic()
     publisher = TaskPublisher(kit.rabbit, kit.telemetry, source="/test", name_prefix=kit.prefix)
     await publisher.publish(tool_task(), idempotency_key="run-1:0:call")
     worker = TaskConsumer(
+        kit.rabbit,
         kit.telemetry,
         TASK,
-        queue=kit.topo.queue,
+        topology=kit.topo,
         guard=IdempotencyGuard(redis, namespace=namespace, lease_s=own_s),
     )
     seen = Observed()
 
-    async def work(delivery: Delivery) -> bytes:
+    async def work(incoming: Incoming) -> bytes:
         seen.calls += 1
         return b"worked"
 
     settled = await handle_deliveries(
-        kit, worker, work, until={Settled.ACKED, Settled.DUPLICATE, Settled.DEAD_LETTERED}
+        kit, worker, work, until={Outcome.HANDLED, Outcome.DUPLICATE, Outcome.DEAD_LETTERED}
     )
     assert time.monotonic() - claimed_at >= held_s * 0.9
     # Handed back (requeued) while pending, if at all; never acked as a duplicate.
-    assert settled[-1] == Settled.ACKED
-    assert set(settled[:-1]) <= {Settled.REQUEUED}
-    if own_s + 1 < held_s:  # the consumer stopped waiting before the other lease ran out
-        assert Settled.REQUEUED in settled
+    assert settled[-1] == Outcome.HANDLED
+    assert set(settled[:-1]) <= {Outcome.HANDED_BACK}
+    if 2 * own_s < held_s:  # the consumer stopped waiting before the other lease ran out
+        assert Outcome.HANDED_BACK in settled
     assert seen.calls == 1
     assert await queue_count(kit, kit.topo.queue) == 0
-    decided = await other.begin("run-1:0:call")
+    decided = await other.begin(claim_key("run-1:0:call"))
     assert (decided.new, decided.pending, decided.outcome) == (False, False, b"worked")

@@ -6,6 +6,7 @@ its `google.rpc.Status` details, and the spans each side exports."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,9 +19,9 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanContext, SpanKind
+from opentelemetry.trace import SpanContext, SpanKind, StatusCode
 
 from interceptors._context import FluxContext, bind, check_id, current
 from interceptors._errors import InvalidArgument, NotFound
@@ -119,6 +120,53 @@ async def _chat(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[b
         yield r + b"|" + _bound()
 
 
+def pace(count: int, gap: float, *, fail: str = "") -> bytes:
+    """The request of `Paced`: `count` messages `gap` seconds apart, then NOT_FOUND
+    with the text `fail` when one is given."""
+    return f"{count} {gap} {fail}".encode()
+
+
+async def _paced(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    """unary -> stream, at the pace `pace()` asks for: a stream that takes its time."""
+    count, gap, fail = request.decode().split(" ", 2)
+    for i in range(int(count)):
+        if i:
+            await asyncio.sleep(float(gap))
+        yield str(i).encode()
+    if fail:
+        raise NotFound(fail)
+
+
+class Ends(SpanProcessor):
+    """Every span as it ends, and a way to wait for one.
+
+    A SERVER span ends a moment after its caller has the answer (the status goes out
+    first), so tests wait for it instead of racing it. All spans here end on the event
+    loop's thread, where the event is safe to set."""
+
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+        self._ended = asyncio.Event()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.spans.append(span)
+        self._ended.set()
+
+    def of(self, correlation_id: str, kind: SpanKind) -> list[ReadableSpan]:
+        return [
+            s
+            for s in self.spans
+            if s.kind is kind
+            and (s.attributes or {}).get("agentflux.correlation_id") == correlation_id
+        ]
+
+    async def wait(self, correlation_id: str, kind: SpanKind) -> None:
+        async with asyncio.timeout(5):
+            while not self.of(correlation_id, kind):
+                self._ended.clear()
+                await self._ended.wait()
+
+
 @dataclass
 class Rig:
     servicer: Gateway
@@ -126,13 +174,23 @@ class Rig:
     server: Telemetry
     client_spans: InMemorySpanExporter
     server_spans: InMemorySpanExporter
+    client_ends: Ends
+    server_ends: Ends
+    address: str
     channel: grpc.aio.Channel  # with the client interceptors
     raw: grpc.aio.Channel  # without any: the metadata is exactly what the test sends
     stub: gateway_pb2_grpc.AgentGatewayStub
     raw_stub: gateway_pb2_grpc.AgentGatewayStub
 
-    def spans(self, correlation_id: str) -> tuple[ReadableSpan, ReadableSpan]:
-        """The one CLIENT and the one SERVER span of a call."""
+    def client_open(self, correlation_id: str) -> bool:
+        """Whether the call's CLIENT span has not ended yet."""
+        return not self.client_ends.of(correlation_id, SpanKind.CLIENT)
+
+    async def spans(self, correlation_id: str) -> tuple[ReadableSpan, ReadableSpan]:
+        """The one CLIENT and the one SERVER span of a call, once both have ended, as
+        exported."""
+        await self.client_ends.wait(correlation_id, SpanKind.CLIENT)
+        await self.server_ends.wait(correlation_id, SpanKind.SERVER)
         assert self.client.flush()
         assert self.server.flush()
         mine = [
@@ -155,6 +213,9 @@ async def rig() -> AsyncIterator[Rig]:
     client_spans, server_spans = InMemorySpanExporter(), InMemorySpanExporter()
     client_tel = Telemetry.create("test-client", exporters=[client_spans])
     server_tel = Telemetry.create("test-server", exporters=[server_spans])
+    client_ends, server_ends = Ends(), Ends()
+    client_tel.provider.add_span_processor(client_ends)
+    server_tel.provider.add_span_processor(server_ends)
     server = grpc.aio.server(interceptors=[ServerContextInterceptor(server_tel)])
     servicer = Gateway()
     gateway_pb2_grpc.add_AgentGatewayServicer_to_server(servicer, server)
@@ -165,6 +226,7 @@ async def rig() -> AsyncIterator[Rig]:
                 {
                     "Collect": grpc.stream_unary_rpc_method_handler(_collect),
                     "Chat": grpc.stream_stream_rpc_method_handler(_chat),
+                    "Paced": grpc.unary_stream_rpc_method_handler(_paced),
                 },
             ),
         )
@@ -181,6 +243,9 @@ async def rig() -> AsyncIterator[Rig]:
             server_tel,
             client_spans,
             server_spans,
+            client_ends,
+            server_ends,
+            addr,
             channel,
             raw,
             gateway_pb2_grpc.AgentGatewayStub(channel),
@@ -218,6 +283,14 @@ def detail(status: status_pb2.Status, kind: type[M]) -> M:
 
 def echoed(metadata: Sequence[tuple[str, Any]] | None) -> dict[str, Any]:
     return dict(metadata or ())
+
+
+def times(span: ReadableSpan) -> tuple[int, int]:
+    """When an ended span started and ended (ns since the epoch, one clock for both
+    sides: client and server run in this process)."""
+    assert span.start_time is not None
+    assert span.end_time is not None
+    return span.start_time, span.end_time
 
 
 # --- correlation and request ids ---------------------------------------------------------
@@ -374,7 +447,7 @@ async def test_unexpected_errors_are_internal_without_leaking_the_text(rig: Rig)
     assert info.metadata["correlation_id"] == ctx.correlation_id
 
     # The operator still finds it: on the server span, tied up by the correlation id.
-    _, server = rig.spans(ctx.correlation_id)
+    _, server = await rig.spans(ctx.correlation_id)
     assert server.attributes is not None
     assert server.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INTERNAL.value[0]
     assert any("secret detail" in str(e.attributes) for e in server.events)
@@ -438,7 +511,10 @@ async def test_an_expired_deadline_fails_fast_without_reaching_the_server(rig: R
     for span in refused:
         assert span.attributes is not None
         assert span.attributes["rpc.grpc.status_code"] == 4
-        assert not span.status.is_ok
+        assert span.status.status_code is StatusCode.ERROR
+        assert span.status.description == (
+            "DEADLINE_EXCEEDED: Deadline Exceeded: the bound deadline passed before the call"
+        )
 
 
 # --- the other arities -------------------------------------------------------------------
@@ -472,7 +548,7 @@ async def test_client_streaming_through_the_interceptors(rig: Rig) -> None:
         initial = echoed(await call.initial_metadata())
     assert answer == b"a,b,c|" + ctx.correlation_id.encode()
     assert initial["x-correlation-id"] == ctx.correlation_id
-    client, server = rig.spans(ctx.correlation_id)
+    client, server = await rig.spans(ctx.correlation_id)
     assert server.parent is not None
     assert server.parent.span_id == client.context.span_id
 
@@ -487,6 +563,12 @@ async def test_bidi_streaming_through_the_interceptors(rig: Rig) -> None:
     corr = ctx.correlation_id.encode()
     assert replies == [b"x|" + corr, b"y|" + corr]
     assert initial["x-correlation-id"] == ctx.correlation_id
+    client, server = await rig.spans(ctx.correlation_id)
+    # The CLIENT span covers the whole exchange, the server's part included.
+    (client_start, client_end), (server_start, server_end) = times(client), times(server)
+    assert client_start <= server_start
+    assert client_end >= server_end
+    assert client.status.status_code is StatusCode.UNSET
 
 
 async def test_bidi_streaming_with_write_calls(rig: Rig) -> None:
@@ -506,17 +588,35 @@ async def test_error_mid_stream_keeps_what_was_sent_and_maps_the_status(rig: Rig
     chat = rig.channel.stream_stream(f"/{ECHO}/Chat")
     ctx = client_context()
     replies: list[bytes] = []
+    answered, finished = asyncio.Event(), asyncio.Event()
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield b"ok"
+        await answered.wait()
+        yield b"missing"
+        # Sending on after the server has failed the call races its status: grpc then
+        # reports the failed write (INTERNAL) instead of the server's NOT_FOUND.
+        await finished.wait()
 
     async def read_all() -> None:
-        async for reply in chat(_requests(b"ok", b"missing", b"never")):
+        async for reply in chat(requests()):
             replies.append(reply)
+            answered.set()
 
-    with bind(ctx), pytest.raises(grpc.aio.AioRpcError) as caught:
-        await read_all()
+    try:
+        with bind(ctx), pytest.raises(grpc.aio.AioRpcError) as caught:
+            await read_all()
+    finally:
+        finished.set()
     assert replies == [b"ok|" + ctx.correlation_id.encode()]
     assert caught.value.code() is grpc.StatusCode.NOT_FOUND
     info = detail(rich_status(caught.value), error_details_pb2.ErrorInfo)
     assert info.metadata["correlation_id"] == ctx.correlation_id
+    client, _ = await rig.spans(ctx.correlation_id)
+    assert client.status.status_code is StatusCode.ERROR
+    assert client.status.description == "NOT_FOUND: no such thing"
+    assert client.attributes is not None
+    assert client.attributes["rpc.grpc.status_code"] == 5
 
 
 # --- spans -------------------------------------------------------------------------------
@@ -526,7 +626,7 @@ async def test_client_and_server_spans_form_one_trace(rig: Rig) -> None:
     ctx = client_context()
     with bind(ctx):
         await rig.stub.Submit(submit())
-    client, server = rig.spans(ctx.correlation_id)
+    client, server = await rig.spans(ctx.correlation_id)
     seen = rig.servicer.seen[-1]
 
     assert client.name == server.name == f"{SERVICE}/Submit"
@@ -548,6 +648,7 @@ async def test_client_and_server_spans_form_one_trace(rig: Rig) -> None:
     assert client.attributes["rpc.grpc.status_code"] == 0
     assert server.attributes["rpc.grpc.status_code"] == 0
     assert server.status.is_ok
+    assert client.status.status_code is StatusCode.UNSET  # OK is not an error, nor more
     assert server.resource.attributes["service.name"] == "test-server"
     assert client.resource.attributes["service.name"] == "test-client"
 
@@ -556,7 +657,7 @@ async def test_an_active_client_span_parents_the_call(rig: Rig) -> None:
     ctx = client_context()
     with rig.client.tracer.start_as_current_span("outer") as outer, bind(ctx):
         await rig.stub.Submit(submit())
-    client, server = rig.spans(ctx.correlation_id)
+    client, server = await rig.spans(ctx.correlation_id)
     assert client.parent is not None
     assert client.parent.span_id == outer.get_span_context().span_id
     assert server.context.trace_id == outer.get_span_context().trace_id
@@ -566,11 +667,13 @@ async def test_error_status_codes_are_recorded_on_both_spans(rig: Rig) -> None:
     ctx = client_context()
     with bind(ctx), pytest.raises(grpc.aio.AioRpcError):
         await rig.stub.GetRun(gateway_pb2.GetRunRequest(run_id="run-x"))
-    client, server = rig.spans(ctx.correlation_id)
+    client, server = await rig.spans(ctx.correlation_id)
     assert client.attributes is not None
     assert server.attributes is not None
     assert client.attributes["rpc.grpc.status_code"] == 5
     assert server.attributes["rpc.grpc.status_code"] == 5
+    assert client.status.status_code is StatusCode.ERROR
+    assert client.status.description == "NOT_FOUND: no run run-x"
     assert not server.status.is_ok
     assert server.parent is not None
     assert server.parent.span_id == client.context.span_id
@@ -593,8 +696,191 @@ async def test_raw_traceparent_parents_the_server_span(rig: Rig) -> None:
     assert server.parent.span_id == int(SPAN_ID, 16)
 
 
+# --- how long a CLIENT span lasts --------------------------------------------------------
+
+
+def paced_stream(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamMultiCallable[bytes, bytes]:
+    return channel.unary_stream(f"/{ECHO}/Paced")
+
+
+async def test_a_server_stream_span_lasts_until_the_stream_ends(rig: Rig) -> None:
+    ctx = client_context()
+    got: list[bytes] = []
+    with bind(ctx):
+        async for message in paced_stream(rig.channel)(pace(3, 0.1)):
+            # Each message comes before the end of the call: the span is still open.
+            assert rig.client_open(ctx.correlation_id)
+            got.append(message)
+    assert got == [b"0", b"1", b"2"]
+
+    client, server = await rig.spans(ctx.correlation_id)
+    (client_start, client_end), (server_start, server_end) = times(client), times(server)
+    # The server span ends after its last message is written; the client's after that.
+    assert client_start <= server_start
+    assert client_end >= server_end
+    assert client_end - client_start >= 0.2e9  # two 100 ms gaps, at least
+    assert client.status.status_code is StatusCode.UNSET
+    assert client.attributes is not None
+    assert client.attributes["rpc.grpc.status_code"] == 0
+    assert server.parent is not None
+    assert server.parent.span_id == client.context.span_id
+
+
+@pytest.mark.parametrize("stop", ["cancel the call", "cancel the reading task"])
+async def test_a_stream_stopped_half_way_ends_its_span_cancelled(rig: Rig, stop: str) -> None:
+    """The caller's own cancel is an error on the CLIENT span, as every non-OK code is
+    (OpenTelemetry's gRPC conventions; contrib does the same): the stream did not
+    complete, and the description says who stopped it."""
+    ctx = client_context()
+    with bind(ctx):
+        call = paced_stream(rig.channel)(pace(3, 0.5))
+    first = asyncio.Event()
+
+    async def read() -> None:
+        async for _ in call:
+            first.set()
+
+    reader = asyncio.create_task(read())
+    await first.wait()
+    assert rig.client_open(ctx.correlation_id)
+    if stop == "cancel the call":
+        call.cancel()
+    else:  # e.g. a timeout around the loop: grpc cancels the call it was reading
+        reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    stopped = time.time_ns()
+
+    client, _ = await rig.spans(ctx.correlation_id)
+    assert times(client)[1] <= stopped  # ended by the cancel, not by the stream running out
+    assert client.status.status_code is StatusCode.ERROR
+    assert client.status.description == "CANCELLED: Locally cancelled by application!"
+    assert client.attributes is not None
+    assert client.attributes["rpc.grpc.status_code"] == 1
+
+
+async def test_an_abandoned_stream_span_ends_when_grpc_ends_the_call(rig: Rig) -> None:
+    """A caller that stops reading without cancelling leaves the call open: grpc hands
+    out the status only after every message is read. The span stays open as long as
+    the call does, and ends once when grpc ends it (here: the channel closes)."""
+    channel = grpc.aio.insecure_channel(rig.address, interceptors=client_interceptors(rig.client))
+    ctx = client_context()
+    try:
+        with bind(ctx):
+            async for _ in paced_stream(channel)(pace(3, 0.01)):
+                break
+        await rig.server_ends.wait(ctx.correlation_id, SpanKind.SERVER)
+        assert rig.client_open(ctx.correlation_id)  # the server is done, the call is not
+    finally:
+        await channel.close()
+
+    client, _ = await rig.spans(ctx.correlation_id)
+    assert client.status.status_code is StatusCode.ERROR
+    assert (client.status.description or "").startswith("CANCELLED")
+
+
+async def test_a_stream_failing_half_way_ends_its_span_with_the_code(rig: Rig) -> None:
+    ctx = client_context()
+    got: list[bytes] = []
+
+    async def read_all() -> None:
+        async for message in paced_stream(rig.channel)(pace(2, 0.05, fail="run r-9 is gone")):
+            got.append(message)
+
+    with bind(ctx), pytest.raises(grpc.aio.AioRpcError) as caught:
+        await read_all()
+    assert got == [b"0", b"1"]
+    assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+
+    client, server = await rig.spans(ctx.correlation_id)
+    assert client.status.status_code is StatusCode.ERROR
+    assert client.status.description == "NOT_FOUND: run r-9 is gone"
+    assert client.attributes is not None
+    assert client.attributes["rpc.grpc.status_code"] == 5
+    assert times(client)[1] - times(server)[0] >= 0.05e9  # not before the second message
+
+
+class _StatusLater(grpc.aio.UnaryUnaryCall[Any, Any]):
+    """A later interceptor's call type whose status takes one more step even once the
+    call is done (say, it records the status somewhere first)."""
+
+    def __init__(self, call: grpc.aio.UnaryUnaryCall[Any, Any]) -> None:
+        self._call = call
+
+    def cancel(self) -> bool:
+        return self._call.cancel()
+
+    def cancelled(self) -> bool:
+        return self._call.cancelled()
+
+    def done(self) -> bool:
+        return self._call.done()
+
+    def add_done_callback(self, callback: Any) -> None:
+        self._call.add_done_callback(lambda _: callback(self))
+
+    def time_remaining(self) -> float | None:
+        return self._call.time_remaining()
+
+    async def initial_metadata(self) -> Any:
+        return await self._call.initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        return await self._call.trailing_metadata()
+
+    async def code(self) -> grpc.StatusCode:
+        await asyncio.sleep(0)  # one more step of the event loop, not a wait
+        return await self._call.code()
+
+    async def details(self) -> str:
+        await asyncio.sleep(0)
+        return await self._call.details()
+
+    async def wait_for_connection(self) -> None:
+        await self._call.wait_for_connection()
+
+    def __await__(self) -> Any:
+        return self._call.__await__()
+
+
+class _LaterStatusInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return _StatusLater(await continuation(details, request))
+
+
+async def test_a_status_read_after_the_call_keeps_the_calls_end_time(rig: Rig) -> None:
+    channel = grpc.aio.insecure_channel(
+        rig.address, interceptors=[*client_interceptors(rig.client), _LaterStatusInterceptor()]
+    )
+    ctx = client_context()
+    try:
+        with bind(ctx), pytest.raises(grpc.aio.AioRpcError) as caught:
+            await gateway_pb2_grpc.AgentGatewayStub(channel).GetRun(
+                gateway_pb2.GetRunRequest(run_id="run-y")
+            )
+        failed = time.time_ns()
+    finally:
+        await channel.close()
+    assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+
+    client, _ = await rig.spans(ctx.correlation_id)
+    assert client.status.status_code is StatusCode.ERROR
+    assert client.status.description == "NOT_FOUND: no run run-y"
+    assert times(client)[1] <= failed  # the call's end, not the later status read's
+
+
 @pytest.fixture(autouse=True)
 def _no_context_leaks() -> Iterator[None]:
     assert current() is None
     yield
     assert current() is None
+
+
+@pytest.fixture(autouse=True)
+def _spans_end_once_and_no_task_is_lost(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    # Both are logged, not warned, so filterwarnings=error would not catch them.
+    yield
+    for record in caplog.get_records("call"):
+        message = record.getMessage()
+        assert "on an ended span" not in message, message
+        assert "Task was destroyed" not in message, message

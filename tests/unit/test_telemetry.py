@@ -16,7 +16,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.trace import Link, SpanKind, format_span_id, format_trace_id
 
-from interceptors import Telemetry, read_spans
+from interceptors import Telemetry
+from services.cli.spans import read_spans
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 HEX16 = re.compile(r"[0-9a-f]{16}")

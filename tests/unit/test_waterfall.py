@@ -10,8 +10,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from interceptors._waterfall import find_traces, render
-from services.trace_cmd import trace
+from services.cli.trace import trace
+from services.cli.waterfall import find_traces, render
 
 T0 = 1_700_000_000_000_000_000
 MS = 1_000_000

@@ -9,11 +9,12 @@ reports on one small thread and hands them to the event loop; the consumer runs
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer as _Consumer
 from confluent_kafka import (
@@ -26,7 +27,16 @@ from confluent_kafka import (
 
 from services.runtime.config import Settings
 
-__all__ = ["Delivered", "KafkaConsumer", "KafkaProducer", "consumer_config", "producer_config"]
+__all__ = [
+    "Delivered",
+    "KafkaConsumer",
+    "KafkaProducer",
+    "RebalanceListener",
+    "consumer_config",
+    "producer_config",
+]
+
+log = logging.getLogger(__name__)
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -62,6 +72,8 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         "fetch.error.backoff.ms": 100,
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 1_000,
+        # Only the partitions that move are revoked on a rebalance; the rest keep going.
+        "partition.assignment.strategy": "cooperative-sticky",
     }
     conf.update(overrides)
     return conf
@@ -80,7 +92,11 @@ class KafkaProducer:
     """An idempotent producer whose `produce` returns once the broker acknowledged."""
 
     def __init__(self, settings: Settings, **config: Any) -> None:
-        self._producer = Producer(producer_config(settings, **config))
+        conf = producer_config(settings, **config)
+        self._producer = Producer(conf, logger=log)
+        self.bootstrap_servers: str = conf["bootstrap.servers"]
+        # librdkafka refuses larger records locally, before the broker's own limit.
+        self.max_message_bytes = int(conf.get("message.max.bytes", 1_000_000))
         self._closed = threading.Event()
         self._poller = threading.Thread(
             target=self._serve_reports, name="kafka-producer", daemon=True
@@ -96,7 +112,7 @@ class KafkaProducer:
     async def produce(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         *,
         key: bytes | None = None,
         headers: Headers | None = None,
@@ -147,50 +163,120 @@ def _settle(done: asyncio.Future[Delivered], err: KafkaError | None, msg: Messag
         done.set_result(Delivered(msg.topic() or "", msg.partition() or 0, msg.offset() or 0))
 
 
+class RebalanceListener(Protocol):
+    """Told about partitions coming and going; called on the consumer's own thread,
+    inside `consume()`, before librdkafka changes the assignment (a revoke may block
+    there to finish in-flight work and store its final offsets)."""
+
+    def assigned(self, partitions: list[TopicPartition]) -> None:
+        """`partitions` were assigned (incrementally, with the cooperative assignor)."""
+
+    def revoked(self, partitions: list[TopicPartition]) -> None:
+        """`partitions` are being taken away; stored offsets are committed right after."""
+
+    def lost(self, partitions: list[TopicPartition]) -> None:
+        """`partitions` were lost (this member was evicted): committing is no longer
+        possible, another member owns them already."""
+
+
+# Commit errors that mean "this member is not (or no longer) the group's owner of these
+# partitions": the work is redelivered to whoever owns them now, and this member rejoins
+# on its next poll. Raising would kill the consumer for a routine event.
+_NOT_OWNER = {
+    KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError.FENCED_INSTANCE_ID,
+    KafkaError._STATE,
+    KafkaError._ASSIGNMENT_LOST,
+    KafkaError._UNKNOWN_PARTITION,
+}
+
+
 class KafkaConsumer:
     """A group consumer with manual offset storage and commits.
 
-    The application calls `store(record)` once a record's work is done, and
-    `commit()` when it wants stored offsets to be durable; offsets are also committed
-    when partitions are revoked and on `close()`, so a rebalance does not redeliver
-    finished work."""
+    The application stores the offset to resume from once the work before it is done
+    (`store(record)` or `store_offsets(...)`), and `commit()`s when it wants stored
+    offsets to be durable; stored offsets are also committed when partitions are revoked
+    and on `close()`, so a rebalance does not redeliver finished work.
+
+    Partitions are assigned with the cooperative-sticky assignor: a rebalance revokes
+    only the partitions that move, so the others keep working through it. Only fatal
+    client errors raise; eviction from the group, a failed commit or an unknown topic are
+    logged and the consumer rejoins on its next `consume()`."""
 
     def __init__(
         self, settings: Settings, group_id: str, topics: Sequence[str], **config: Any
     ) -> None:
         conf = consumer_config(settings, group_id, **config)
-        self._consumer = _Consumer(conf)
+        self._consumer = _Consumer(conf, logger=log)
         self._topics = list(topics)
+        self.group_id = group_id
         # librdkafka wants one thread driving consume(); a single worker serialises it.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kafka-{group_id}")
         self._started = False
+        self._closed = False
+        self._listener: RebalanceListener | None = None
+
+    # -- rebalance callbacks: run on the consumer thread, inside poll() ---------------
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        if self._listener is not None:
+            self._listener.assigned(partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        if self._listener is not None:
+            self._listener.revoked(partitions)
         self._commit_stored()
 
-    def _commit_stored(self) -> None:
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        log.warning(
+            "group %s: lost %d partition(s) (evicted from the group); rejoining",
+            self.group_id,
+            len(partitions),
+        )
+        if self._listener is not None:
+            self._listener.lost(partitions)
+
+    def _commit_stored(self) -> bool:
+        """Commits what was stored; False (logged) when this member may not commit now."""
         try:
             self._consumer.commit(asynchronous=False)
         except KafkaException as exc:
-            # Nothing stored since the last commit is not an error.
-            if exc.args[0].code() != KafkaError._NO_OFFSET:
+            err: KafkaError = exc.args[0]
+            if err.code() == KafkaError._NO_OFFSET:
+                return True  # nothing stored since the last commit
+            if err.fatal():
                 raise
+            level = logging.INFO if err.code() in _NOT_OWNER else logging.WARNING
+            log.log(level, "group %s: commit failed (%s); will retry or rejoin", self.group_id, err)
+            return False
+        return True
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def start(self) -> None:
-        """Joins the group and subscribes to the topics."""
+    async def start(self, listener: RebalanceListener | None = None) -> None:
+        """Joins the group and subscribes to the topics; `listener` hears rebalances."""
+        if listener is not None:
+            self._listener = listener
         if not self._started:
             await self._run(
-                lambda: self._consumer.subscribe(self._topics, on_revoke=self._on_revoke)
+                lambda: self._consumer.subscribe(
+                    self._topics,
+                    on_assign=self._on_assign,
+                    on_revoke=self._on_revoke,
+                    on_lost=self._on_lost,
+                )
             )
             self._started = True
 
     async def consume(self, max_records: int = 100, timeout: float = 0.5) -> list[Message]:
         """Returns up to `max_records` records, or none after `timeout` seconds.
 
-        Raises `KafkaException` on fatal errors; partition-level notices are skipped."""
+        Raises `KafkaException` on fatal errors only; the rest (partition notices, an
+        unknown topic, `max.poll.interval.ms` exceeded) are logged and skipped."""
         await self.start()
         batch: list[Message] = await self._run(self._next_batch, max_records, timeout)
         out = []
@@ -198,8 +284,10 @@ class KafkaConsumer:
             err = record.error()
             if err is None:
                 out.append(record)
-            elif err.fatal() or (not err.retriable() and err.code() != KafkaError._PARTITION_EOF):
+            elif err.fatal():
                 raise KafkaException(err)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                log.warning("group %s: %s", self.group_id, err)
         return out
 
     async def assignment(self) -> list[TopicPartition]:
@@ -221,12 +309,41 @@ class KafkaConsumer:
         """Marks `record` finished: its offset + 1 is committed by the next commit."""
         self._consumer.store_offsets(message=record)
 
-    async def commit(self) -> None:
-        """Commits the stored offsets and waits for the broker to confirm."""
-        await self._run(self._commit_stored)
+    def store_offsets(self, offsets: list[TopicPartition]) -> None:
+        """Stores the offsets to resume from (the next record to handle) per partition.
+        Thread-safe; an offset of a partition no longer assigned is dropped (logged)."""
+        try:
+            self._consumer.store_offsets(offsets=offsets)
+        except KafkaException as exc:
+            if exc.args[0].fatal():
+                raise
+            log.info("group %s: offsets not stored (%s)", self.group_id, exc.args[0])
+
+    async def commit(self) -> bool:
+        """Commits the stored offsets and waits for the broker to confirm; False when
+        this member may not commit now (evicted, rebalancing): see `_NOT_OWNER`."""
+        committed: bool = await self._run(self._commit_stored)
+        return committed
+
+    async def committed(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """The group's committed offsets of `partitions`, as the broker has them."""
+        got: list[TopicPartition] = await self._run(self._consumer.committed, partitions, 10.0)
+        return got
+
+    async def pause(self, partitions: list[TopicPartition]) -> None:
+        """Stops fetching `partitions` (back-pressure) while `consume()` keeps the member
+        alive in its group."""
+        await self._run(self._consumer.pause, partitions)
+
+    async def resume(self, partitions: list[TopicPartition]) -> None:
+        """Fetches `partitions` again, from the next record not yet returned."""
+        await self._run(self._consumer.resume, partitions)
 
     async def close(self) -> None:
         """Commits stored offsets, leaves the group and stops the worker thread."""
+        if self._closed:
+            return
+        self._closed = True
         if self._started:
             await self._run(self._commit_stored)
         await self._run(self._consumer.close)

@@ -1,4 +1,8 @@
-"""The `agentflux` command line."""
+"""The `agentflux` command line.
+
+The top layer, with the developer tooling it drives (`services.stack`, `services.demo`):
+it may import every layer below, and nothing below may import it (`[tool.importlinter]` in
+pyproject.toml). Larger subcommands live in modules beside this one (`trace.py`)."""
 
 from __future__ import annotations
 
@@ -9,9 +13,9 @@ import typer
 from pydantic import ValidationError
 
 from services import stack
+from services.cli.trace import trace as show_trace
 from services.runtime.config import Settings
 from services.stack import ServiceStatus
-from services.trace_cmd import trace
 
 app = typer.Typer(
     name="agentflux",
@@ -113,10 +117,12 @@ def demo() -> None:
         raise _fail(exc) from None
     if settings.span_store_dir is not None:
         typer.echo(f"\n$ agentflux trace {correlation_id}")
-        trace(correlation_id, store=settings.span_store_dir, as_json=False)
+        show_trace(correlation_id, store=settings.span_store_dir, as_json=False)
 
 
-app.command("trace")(trace)
+# Bound here as `show_trace`, not `trace`: the package attribute `trace` must stay the
+# submodule, or `import services.cli.trace` and patches would get the function instead.
+app.command("trace")(show_trace)
 
 
 def main() -> None:

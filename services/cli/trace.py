@@ -13,8 +13,8 @@ from pydantic import ValidationError
 
 from interceptors._context import check_id
 from interceptors._errors import ContextValueError
-from interceptors._spanstore import read_spans
-from interceptors._waterfall import find_traces, render
+from services.cli.spans import read_spans
+from services.cli.waterfall import find_traces, render
 from services.runtime.config import Settings
 
 __all__ = ["trace"]

@@ -1,7 +1,9 @@
 """Span records from the local span store drawn as a waterfall, for `agentflux trace`.
 
 `find_traces` picks the traces an id names; `render` draws one of them as a tree of spans
-against a shared time bar. Both take plain records in the `_spanstore` format."""
+against a shared time bar. Both take plain records in the format of
+`interceptors._spanstore` (as `services.cli.spans.read_spans` yields them). Drawing for a
+terminal is the CLI's business, so this lives here rather than in `interceptors`."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+import typer
 
 __all__ = ["find_traces", "render"]
 
@@ -176,8 +179,6 @@ def render(trace_spans: list[Span], *, width: int = 100, color: bool = False) ->
     def paint(text: str, fg: str | None = None, bold: bool = False) -> str:
         if not color or not text:
             return text
-        import typer  # only a terminal wants colors; the library stays free of CLI deps
-
         return typer.style(text, fg=fg, bold=bold)
 
     if not trace_spans:
