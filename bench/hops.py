@@ -46,14 +46,12 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from interceptors import (
-    Delivery,
     EventConsumer,
     EventProducer,
-    Handled,
     IdempotencyGuard,
     Incoming,
+    Outcome,
     ServerContextInterceptor,
-    Settled,
     TaskConsumer,
     TaskPublisher,
     Telemetry,
@@ -681,8 +679,11 @@ class FluxKafka(AdapterKafka):
 
     async def _handle(self, record: Record) -> None:
         outcome = await self.events.handle(record, self._handler)
-        if outcome is not Handled.HANDLED:
+        if outcome is not Outcome.HANDLED:
             raise RuntimeError(f"record was {outcome.value}, not handled")
+        # `handle` no longer stores the offset (only `run` tracks offsets): store it here,
+        # as the raw and adapter variants do, so every variant does the same work.
+        self.consumer.store(record)
 
     def _send(self, event: events_pb2.AgentRequested) -> Awaitable[Any]:
         return self.emitter.emit(event)
@@ -894,24 +895,29 @@ class FluxRabbit(AdapterRabbit):
         super().__init__(topo)
         self.prefix = prefix
         self.telemetry = telemetry
-        self.tasks = TaskConsumer(telemetry, TASK, queue=topo.queue, guard=guard)
+        self.guard = guard
 
     async def start(self, settings: Settings) -> None:
         await super().start(settings)
         self.publisher = TaskPublisher(
             self.rabbit, self.telemetry, source=SOURCE, name_prefix=self.prefix
         )
+        # Retries and dead letters would be published on this same connection; none
+        # should happen here (the handler never fails).
+        self.tasks = TaskConsumer(
+            self.rabbit, self.telemetry, TASK, topology=self.topo, guard=self.guard
+        )
 
-    async def _handler(self, delivery: Delivery) -> bytes | None:
+    async def _handler(self, incoming: Incoming) -> bytes | None:
         return None
 
     def _send(self, task: tasks_pb2.ToolTask) -> Awaitable[Any]:
         return self.publisher.publish(task)
 
     async def _settle(self, delivery: AbstractIncomingMessage) -> None:
-        settled = await self.tasks.handle(delivery, self._handler)
-        if settled is not Settled.ACKED:
-            raise RuntimeError(f"delivery was {settled.value}, not acked")
+        outcome = await self.tasks.handle(delivery, self._handler)
+        if outcome is not Outcome.HANDLED:
+            raise RuntimeError(f"delivery was {outcome.value}, not handled")
 
 
 async def _drop_rabbit(settings: Settings, topos: list[TaskTopology]) -> None:
@@ -1029,9 +1035,9 @@ async def bench_memcached(
 async def bench_guard(
     settings: Settings, plan: Plan, stack: AsyncExitStack, prefix: str
 ) -> HopResult:
-    """What dedupe costs a consumer per new message: `IdempotencyGuard.begin` (Bloom
-    check, then SET NX GET PX) + `complete` (SET PX of the outcome), i.e. two Redis
-    round trips, vs one bare SET NX PX of a fresh key."""
+    """What dedupe costs a consumer per new message: `IdempotencyGuard.begin` (one
+    SET NX GET PX) + `complete` (SET PX of the outcome), i.e. two Redis round trips, vs
+    one bare SET NX PX of a fresh key."""
     client = redis_for(stack, settings, prefix)
     guard = IdempotencyGuard(client, namespace=prefix + "guard", ttl_s=600)
     raw_prefix = prefix + "raw:"
