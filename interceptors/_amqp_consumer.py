@@ -40,7 +40,7 @@ from interceptors._consume import (
 from interceptors._idempotency import IdempotencyGuard
 from interceptors._propagation import rfc3339
 from interceptors._telemetry import Telemetry
-from services.runtime.adapters.rabbitmq import RabbitConnection
+from services.runtime.adapters.rabbitmq import RabbitConnection, printable, unreadable
 from services.runtime.contracts import TaskContract
 from services.runtime.topology import TaskTopology
 
@@ -90,15 +90,13 @@ class _Settler:
 
     async def dead_letter(self, inbound: Inbound, reason: str, error: str) -> None:
         headers = {
-            **_copyable(inbound.carrier or {}),
+            **_copyable(inbound.raw.headers),
             "dlq_queue": self.topology.queue,
             "dlq_reason": reason,
             "dlq_error": error[:1000],
             "dlq_attempts": inbound.attempt,
             "dlq_time": rfc3339(time.time()),
         }
-        if inbound.header_error:
-            headers["dlq_header_error"] = inbound.header_error
         await self._republish(
             inbound, self.topology.dead_letter_exchange, self.topology.dead_letter_queue, headers
         )
@@ -115,9 +113,9 @@ class _Settler:
             message.body,
             headers=headers,
             priority=message.priority,
-            message_id=message.message_id,
-            message_type=message.type,
-            content_type=message.content_type or "application/octet-stream",
+            message_id=_sendable(message.message_id),
+            message_type=_sendable(message.type),
+            content_type=_sendable(message.content_type),  # as it came: it is checked
         )
         await message.ack()
 
@@ -130,7 +128,32 @@ class _Settler:
 
 
 def _copyable(headers: Any) -> dict[str, Any]:
-    return {k: v for k, v in dict(headers or {}).items() if not k.startswith(_BROKER_HEADERS)}
+    """The headers to send again: without the broker's own, and with any name that
+    arrived not UTF-8 made printable (it could not be encoded again as it is)."""
+    return {
+        printable(k): _table(v)
+        for k, v in dict(headers or {}).items()
+        if not k.startswith(_BROKER_HEADERS)
+    }
+
+
+def _table(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {printable(k): _table(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_table(v) for v in value]
+    return value
+
+
+def _sendable(text: str | None) -> str | None:
+    return printable(text) if text and unreadable(text) else text
+
+
+def _unreadable_names(message: AbstractIncomingMessage) -> list[str]:
+    props = {"type": message.type, "message_id": message.message_id}
+    props["content_type"] = message.content_type
+    bad = [f"header {printable(k)!r}" for k in message.headers or {} if unreadable(k)]
+    return bad + [f"{name} {printable(v)!r}" for name, v in props.items() if v and unreadable(v)]
 
 
 class TaskConsumer:
@@ -187,6 +210,7 @@ class TaskConsumer:
     def inbound(self, message: AbstractIncomingMessage) -> Inbound:
         """`message` in the consume core's terms."""
         headers = dict(message.headers or {})
+        bad = _unreadable_names(message)
         # Without ce_id or message id, the body is the only stable identity of a task.
         digest = hashlib.blake2b(message.body, digest_size=16).hexdigest()
         sent = message.timestamp.timestamp() if message.timestamp else None
@@ -194,10 +218,11 @@ class TaskConsumer:
             transport="amqp",
             destination=self.queue,
             body=message.body,
-            carrier=headers,
+            carrier=None if bad else headers,
             getter=AMQP,
             position=f"amqp-{digest}",
             raw=message,
+            header_error=f"not UTF-8: {', '.join(bad)}" if bad else "",
             type_hint=message.type or "",
             content_type=message.content_type or "",
             attempt=attempt_of(headers),

@@ -115,6 +115,7 @@ class EventConsumer:
         grace_s: float = 10.0,
         revoke_grace_s: float = 5.0,
         pause_after_s: float = 5.0,
+        commit_interval_s: float = 0.2,
         interceptors: Sequence[ConsumeInterceptor] = (),
     ) -> None:
         self.consumer = consumer
@@ -146,6 +147,8 @@ class EventConsumer:
         self._paused = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.pause_after_s = pause_after_s
+        self.commit_interval_s = commit_interval_s
+        self._last_commit = 0.0
         self.rounds = 0  # turns of the run loop: shows it is alive while full or paused
         self._room = asyncio.Event()
 
@@ -314,10 +317,20 @@ class EventConsumer:
                 out.append(TopicPartition(p[0], p[1], offset))
         return out
 
-    async def _commit(self) -> None:
+    async def _commit(self, *, now: bool = False) -> None:
+        # A commit is a broker round trip on the polling thread: at most one per
+        # `commit_interval_s` while records are in flight (a crash then redelivers at
+        # most that much finished work, which the guard turns into duplicates).
+        if (
+            not now
+            and self._marks.in_flight
+            and time.monotonic() - self._last_commit < self.commit_interval_s
+        ):
+            return
         offsets = self._offsets()
         if not offsets:
             return
+        self._last_commit = time.monotonic()
         self.consumer.store_offsets(offsets)
         if await self.consumer.commit():
             for tp in offsets:
@@ -332,7 +345,7 @@ class EventConsumer:
                 self.grace_s,
             )
             await self._lanes.cancel()
-        await self._commit()
+        await self._commit(now=True)
 
     # -- rebalance listener: called on the consumer's thread, inside consume() ---------
 

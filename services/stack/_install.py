@@ -28,12 +28,14 @@ PACKAGES: dict[str, str] = {
     "java": "openjdk-17-jre-headless",
     "mvn": "maven",
     "kcat": "kcat",
+    "amqp-publish": "amqp-tools",
 }
 
-# Installed beside the services: kcat reads and writes any topic from the shell (the
-# dead-letter topic, say), and writes what Python clients cannot, such as a header
-# whose name is not UTF-8; the tests use it as the non-Python producer it is.
-TOOLS = ("kcat",)
+# Installed beside the services: kcat and amqp-tools read and write topics and queues
+# from the shell (the dead letters, say), and write what Python clients cannot, such as
+# a header whose name is not UTF-8; the tests use them as the non-Python producers they
+# are.
+TOOLS = ("kcat", "amqp-publish")
 
 _POLICY_RC = Path("/usr/sbin/policy-rc.d")
 

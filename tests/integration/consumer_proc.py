@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 import time
@@ -33,6 +32,7 @@ from interceptors import (
     Incoming,
     TaskConsumer,
     Telemetry,
+    configure_logging,
 )
 from services.runtime.adapters.kafka import KafkaConsumer, KafkaProducer
 from services.runtime.adapters.rabbitmq import RabbitConnection
@@ -143,5 +143,5 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    configure_logging("fault-proc", "INFO", stream=sys.stderr)
     sys.exit(asyncio.run(main()))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -482,6 +483,39 @@ async def test_bad_messages_are_dead_lettered_at_once_with_reasons(kit: Kit) -> 
         assert "x-death" not in got, what  # published by the consumer, not rejected
     assert "ToolCalled" in hdrs(dead["bad-1"])["dlq_error"]
     assert "application/json" in hdrs(dead["bad-3"])["dlq_error"]
+    assert await kit.depths() == dict.fromkeys(kit.queues, 0)
+
+
+async def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_the_connection_lives(
+    kit: Kit,
+) -> None:
+    # Python clients cannot write such a name; amqp-publish (librabbitmq, as any C, Go or
+    # Java producer) can. Unpatched, pamqp closed the connection on it, and the robust
+    # connection got it redelivered and closed again, for ever.
+    url = kit.settings.amqp_url.rstrip("/")  # librabbitmq reads a trailing "/" as vhost ""
+    argv: list[str | bytes] = ["amqp-publish", "--url", url, "-e", kit.topo.exchange]
+    argv += ["-r", kit.topo.routing_key, "-C", PROTOBUF, "-H", b"\xffbad: 1"]
+    argv += ["-H", f"ce_type: {TOOL_TASK}", "-b", b"\x08\x01"]
+    await asyncio.to_thread(subprocess.run, argv, check=True, timeout=30)
+    await kit.publish("after")
+    handled: list[str] = []
+
+    async def handle(incoming: Incoming) -> bytes:
+        handled.append(run_id(incoming))
+        return b"ok"
+
+    consumer = kit.consumer()
+    stop, task = kit.run(consumer, handle)
+    await eventually(lambda: _true(handled == ["after"]), what="the task behind it handled")
+    await eventually(lambda: _equals(kit.depth(kit.topo.dead_letter_queue), 1))
+    await stopped(stop, task)
+    (dead,) = await kit.dead_letters(1)
+    got = hdrs(dead)
+    assert got["dlq_reason"] == "UNREADABLE_HEADERS"
+    assert "not UTF-8" in str(got["dlq_error"])
+    assert got["\\xffbad"] == "1"  # the name kept, made printable
+    assert got["ce_type"] == TOOL_TASK
+    assert dead.body == b"\x08\x01"
     assert await kit.depths() == dict.fromkeys(kit.queues, 0)
 
 

@@ -3,11 +3,20 @@
 Publishing waits for the broker's confirm and uses `mandatory`, so a message that no
 queue accepts raises instead of vanishing. Consuming uses manual acks with a prefetch
 window: a message is removed only when the handler acks it after its work is done.
+
+Importing this module makes pamqp (aio-pika's codec) read header names and short
+strings that are not UTF-8 instead of failing the whole frame: any non-Python producer
+can write such a message, and pamqp's strict decode closed the connection on it, which
+reconnected, got the same message redelivered and closed again, for ever, stopping the
+queue and everything else on the connection. The undecodable bytes arrive as lone
+surrogates (`surrogateescape`); `unreadable()` finds them, so a consumer dead-letters the
+message instead of handling it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -20,12 +29,67 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     DeliveryMode,
 )
+from pamqp import common, decode
 
 from services.runtime.config import Settings
 
-__all__ = ["PROTOBUF", "RabbitConnection"]
+__all__ = ["PROTOBUF", "RabbitConnection", "printable", "unreadable"]
 
 PROTOBUF = "application/protobuf"
+
+
+def _lenient_table(value: bytes) -> tuple[int, common.FieldTable]:
+    # pamqp.decode.field_table, but a key that is not UTF-8 is kept (surrogateescape).
+    try:
+        length = common.Struct.integer.unpack(value[0:4])[0]
+        offset, end = 4, 4 + length
+        if end > len(value):
+            raise ValueError("Field table length exceeds available data")
+        data: dict[str, common.FieldValue] = {}
+        while offset < end:
+            key_length = common.Struct.byte.unpack_from(value, offset)[0]
+            offset += 1
+            if offset + key_length > end:
+                raise ValueError("Field table key length exceeds data")
+            key = value[offset : offset + key_length].decode("utf-8", "surrogateescape")
+            offset += key_length
+            consumed, data[key] = decode.embedded_value(value[offset:])
+            offset += consumed
+        return end, data
+    except (struct.error, TypeError) as err:
+        raise ValueError("Could not unpack data") from err
+
+
+def _lenient_short_str(value: bytes) -> tuple[int, str]:
+    # pamqp.decode.short_str (message_id, type, content_type, ...), kept the same way.
+    try:
+        length = common.Struct.byte.unpack(value[0:1])[0]
+        return length + 1, value[1 : length + 1].decode("utf-8", "surrogateescape")
+    except (struct.error, TypeError) as err:
+        raise ValueError("Could not unpack short string value") from err
+
+
+decode.field_table = _lenient_table
+decode.METHODS["table"] = _lenient_table
+decode.TABLE_MAPPING[b"F"] = _lenient_table
+decode.short_str = _lenient_short_str
+decode.METHODS["shortstr"] = _lenient_short_str
+
+
+def unreadable(text: str | None) -> bool:
+    """Whether `text` (a header name or property) arrived with bytes that are not UTF-8."""
+    if not text or text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def printable(text: str) -> str:
+    """`text` with the bytes that were not UTF-8 shown as `\\xNN`: safe to send again."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 class RabbitConnection:
@@ -78,7 +142,7 @@ class RabbitConnection:
         priority: int | None = None,
         message_id: str | None = None,
         message_type: str | None = None,
-        content_type: str = PROTOBUF,
+        content_type: str | None = PROTOBUF,
         timeout: float = 10.0,
     ) -> None:
         """Publishes a persistent message and waits for the broker's confirm.
