@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from interceptors._bloom import RotatingBloomFilter
     from interceptors._cache import instrument_caches, uninstrument_caches
     from interceptors._carriers import CONTEXT_KEYS, ContextKey
-    from interceptors._consume import (
+    from interceptors._chain import (
         ConsumeInterceptor,
         Handler,
         HandlerLink,
@@ -74,7 +74,7 @@ _EXPORTS: dict[str, str] = {
     "CONTEXT_KEYS": "_carriers",
     "AlreadyExists": "_errors",
     "Claim": "_idempotency",
-    "ConsumeInterceptor": "_consume",
+    "ConsumeInterceptor": "_chain",
     "ContextFilter": "_logging",
     "ContextKey": "_carriers",
     "ContextValueError": "_errors",
@@ -85,15 +85,15 @@ _EXPORTS: dict[str, str] = {
     "FluxContext": "_context",
     "FluxError": "_errors",
     "GuardStats": "_idempotency",
-    "Handler": "_consume",
-    "HandlerLink": "_consume",
+    "Handler": "_chain",
+    "HandlerLink": "_chain",
     "IdempotencyGuard": "_idempotency",
-    "Inbound": "_consume",
-    "Incoming": "_consume",
+    "Inbound": "_chain",
+    "Incoming": "_chain",
     "InvalidArgument": "_errors",
     "JsonLinesSpanExporter": "_spanstore",
     "NotFound": "_errors",
-    "Outcome": "_consume",
+    "Outcome": "_chain",
     "PermissionDenied": "_errors",
     "ResourceExhausted": "_errors",
     "RotatingBloomFilter": "_bloom",

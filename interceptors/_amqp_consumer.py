@@ -28,15 +28,8 @@ from aio_pika.abc import AbstractIncomingMessage
 from aiormq.exceptions import AMQPError
 
 from interceptors._carriers import AMQP
-from interceptors._consume import (
-    ConsumeCore,
-    ConsumeInterceptor,
-    Handler,
-    HandlerLink,
-    Inbound,
-    Outcome,
-    chain,
-)
+from interceptors._chain import ConsumeInterceptor, Handler, HandlerLink, Inbound, Outcome, chain
+from interceptors._consume import ConsumeCore
 from interceptors._idempotency import IdempotencyGuard
 from interceptors._propagation import rfc3339
 from interceptors._telemetry import Telemetry

@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource  # not re-exported in the stubs
 
-from interceptors._consume import Inbound
+from interceptors._chain import Inbound
 from interceptors._propagation import rfc3339
 from services.runtime.adapters.kafka import KafkaProducer
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import Hashable, Sequence
@@ -32,17 +31,11 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 
 from interceptors._carriers import KAFKA
-from interceptors._consume import (
-    ConsumeCore,
-    ConsumeInterceptor,
-    Handler,
-    HandlerLink,
-    Inbound,
-    Outcome,
-    chain,
-)
+from interceptors._chain import ConsumeInterceptor, Handler, HandlerLink, Inbound, Outcome, chain
+from interceptors._consume import ConsumeCore
 from interceptors._deadletter import KafkaDeadLetters
 from interceptors._idempotency import IdempotencyGuard
+from interceptors._kafka_inbound import KafkaSettler, inbound_of, read_headers
 from interceptors._ordering import Lanes, OffsetWatermarks
 from interceptors._propagation import extract
 from interceptors._spans import messaging_attributes
@@ -55,45 +48,6 @@ __all__ = ["EventConsumer"]
 log = logging.getLogger(__name__)
 
 Partition = tuple[str, int]
-
-
-def _headers(record: Record) -> tuple[list[tuple[str, bytes]] | None, str]:
-    """The record's headers, or None and why they cannot be read.
-
-    A header name that is not UTF-8 (any non-Python producer can write one) makes
-    confluent-kafka's `headers()` fail half way: it raises SystemError, or returns the
-    list with a NULL where the name should be and the UnicodeDecodeError still pending,
-    and caches that list for every later call. Touching the NULL crashes the interpreter;
-    `gc.get_referents` skips NULL slots (so counting them tells safely) and, being the
-    next C call, surfaces the pending error instead of leaving it to some later one."""
-    try:
-        raw: Any = record.headers() or ()
-        intact = len(gc.get_referents(*raw)) == 2 * len(raw)
-    except (SystemError, UnicodeDecodeError, ValueError) as exc:
-        cause = exc.__cause__ or exc.__context__ or exc
-        return None, f"a header name is not UTF-8 ({type(cause).__name__}: {cause})"
-    if not intact:
-        return None, "a header name is not UTF-8"
-    return [(k, v or b"") for k, v in raw], ""
-
-
-class _Settler:
-    """Kafka settles by offsets, which the run loop tracks: only dead letters are sent."""
-
-    def __init__(self, dead_letters: KafkaDeadLetters) -> None:
-        self.dead_letters = dead_letters
-
-    async def ack(self, inbound: Inbound) -> None:
-        return None
-
-    async def retry(self, inbound: Inbound, error: str) -> bool:
-        return False  # a partition cannot requeue: attempts are made in place
-
-    async def dead_letter(self, inbound: Inbound, reason: str, error: str) -> None:
-        await self.dead_letters.send(inbound, reason, error)
-
-    async def hand_back(self, inbound: Inbound) -> None:
-        return None  # left unfinished: its offset is not committed
 
 
 class EventConsumer:
@@ -134,7 +88,7 @@ class EventConsumer:
         )
         self.core = ConsumeCore(
             telemetry,
-            _Settler(self.dead_letters),
+            KafkaSettler(self.dead_letters),
             self._contract,
             system="kafka",
             guard=guard,
@@ -170,26 +124,7 @@ class EventConsumer:
 
     def inbound(self, record: Record) -> Inbound:
         """`record` in the consume core's terms."""
-        topic = record.topic() or ""
-        headers, error = _headers(record)
-        _, created_ms = record.timestamp()
-        return Inbound(
-            transport="kafka",
-            destination=topic,
-            body=record.value(),
-            carrier=headers,
-            getter=KAFKA,
-            position=f"{topic}:{record.partition()}:{record.offset()}",
-            raw=record,
-            header_error=error,
-            sent_at=created_ms / 1000 if created_ms > 0 else None,
-            attributes={
-                "messaging.destination.partition.id": str(record.partition()),
-                "messaging.kafka.offset": record.offset(),
-                "messaging.kafka.message.key": (record.key() or b"").decode("utf-8", "replace"),
-                "messaging.consumer.group.name": self.group,
-            },
-        )
+        return inbound_of(record, self.group)
 
     async def handle(self, record: Record, handler: Handler) -> Outcome:
         """Handles one record outside the run loop (no offsets are stored)."""
@@ -201,7 +136,7 @@ class EventConsumer:
             return []
         links = []
         for record in records:
-            headers, _ = _headers(record)
+            headers, _ = read_headers(record)
             parent = extract(KAFKA, headers or [], "kafka", strict=False).trace_parent
             span_context = trace.get_current_span(parent).get_span_context()
             if span_context.is_valid:
