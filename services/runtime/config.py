@@ -112,6 +112,94 @@ class Settings(BaseSettings):
         "", description="host:port of an existing memcached; empty means the local stack's."
     )
 
+    # -- the mesh (agentflux serve) ---------------------------------------------------
+    namespace: str = Field(
+        "",
+        pattern=r"^([a-z0-9][a-z0-9_-]{0,30}\.)?$",
+        description="Prefix (ending in `.`) of every topic, queue, consumer group and Redis "
+        "key the services use, so several meshes can share one stack; empty: none.",
+    )
+    tenant: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+        description="Tenant of calls that name none (`x-tenant-id`).",
+    )
+    gateway_port: int = Field(
+        50051, ge=1, le=65535, description="gRPC port of the gateway (AgentGateway)."
+    )
+    gateway_address: str = Field(
+        "", description="host:port `agentflux ask` calls; empty: host and gateway_port."
+    )
+    indexer_port: int = Field(
+        50052, ge=1, le=65535, description="gRPC port of the indexer's search service."
+    )
+    indexer_address: str = Field(
+        "", description="host:port the gateway and tools search; empty: host and indexer_port."
+    )
+    health_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="gRPC health port of a `serve` process without the gateway; 0 picks a "
+        "free one (logged).",
+    )
+    indexer_replica: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9_-]{0,64}$",
+        description="This indexer's replica name: its own consumer group and index file "
+        "(every replica indexes everything); empty: the host name.",
+    )
+    index_dir: Path | None = Field(
+        None, description="Folder of the indexer's SQLite index; empty: <stack_dir>/index."
+    )
+    model_provider: str = Field(
+        "scripted", description="Model provider: `scripted` (offline, deterministic)."
+    )
+    run_max_steps: int = Field(
+        4, ge=1, le=64, description="Planning steps a run may take (default and cap)."
+    )
+    run_max_tools_per_step: int = Field(
+        8, ge=1, le=256, description="Tool calls one step may fan out to (default and cap)."
+    )
+    run_max_tool_calls: int = Field(
+        16, ge=1, le=4096, description="Tool calls a whole run may make (default and cap)."
+    )
+    tool_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="How long one tool call may run, in seconds."
+    )
+    http_get_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts the http_get tool may fetch from, comma-separated; empty: none.",
+    )
+    stream_retention_s: int = Field(
+        3600, ge=1, description="How long a finished run's events can be replayed, seconds."
+    )
+    run_retention_s: int = Field(
+        7 * 86400, ge=60, description="How long a run's record is kept, in seconds."
+    )
+    request_id_ttl_s: int = Field(
+        86400, ge=1, description="How long a Submit request_id returns the same run, seconds."
+    )
+    memory_ttl_s: int = Field(
+        3600, ge=1, description="Lifetime of a conversation's short-lived memory, seconds."
+    )
+    cache_ttl_s: int = Field(
+        300, ge=1, description="Lifetime of Memcached copies (templates, tool metadata, flags)."
+    )
+    feature_flags: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Feature flags on, comma-separated (the source Memcached caches).",
+    )
+    lease_s: float = Field(
+        10.0, gt=0, description="Lease of a consumer's claim on a message, renewed while it works."
+    )
+    grace_s: float = Field(
+        10.0, ge=0, description="Seconds in-flight work may finish after SIGTERM."
+    )
+    worker_prefetch: int = Field(
+        16, ge=1, le=1000, description="Tool tasks one worker process runs at once."
+    )
+
     # -- tracing --------------------------------------------------------------------
     span_store: bool = Field(
         True,
@@ -124,12 +212,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _split_delay_tiers(cls, data: Any) -> Any:
-        raw = data.get("tool_task_retry_delays_ms") if isinstance(data, dict) else None
-        if isinstance(raw, str):
-            # Items stay strings: pydantic converts each and names the field (and the
-            # position) of one that is not a number.
-            data["tool_task_retry_delays_ms"] = [p.strip() for p in raw.split(",") if p.strip()]
+    def _split_lists(cls, data: Any) -> Any:
+        for name in ("tool_task_retry_delays_ms", "http_get_allowed_hosts", "feature_flags"):
+            raw = data.get(name) if isinstance(data, dict) else None
+            if isinstance(raw, str):
+                # Items stay strings: pydantic converts each and names the field (and
+                # the position) of one that is not valid.
+                data[name] = [p.strip() for p in raw.split(",") if p.strip()]
         return data
 
     @field_validator("memcached_servers")
@@ -150,6 +239,8 @@ class Settings(BaseSettings):
                 "tool_task_retry_delays_ms: give one or more distinct delays, each > 0 ms"
             )
         ports = {
+            "gateway_port": self.gateway_port,
+            "indexer_port": self.indexer_port,
             "kafka_port": self.kafka_port,
             "kafka_controller_port": self.kafka_controller_port,
             "rabbitmq_port": self.rabbitmq_port,
@@ -170,6 +261,21 @@ class Settings(BaseSettings):
     def span_store_dir(self) -> Path | None:
         """Folder of the local span store, or None when it is off."""
         return self.stack_dir / "traces" if self.span_store else None
+
+    @cached_property
+    def gateway_target(self) -> str:
+        """host:port of the gateway clients call."""
+        return self.gateway_address or f"{self.host}:{self.gateway_port}"
+
+    @cached_property
+    def indexer_target(self) -> str:
+        """host:port of the indexer's search service."""
+        return self.indexer_address or f"{self.host}:{self.indexer_port}"
+
+    @cached_property
+    def index_folder(self) -> Path:
+        """Folder of the indexer's SQLite files."""
+        return self.index_dir or self.stack_dir / "index"
 
     @cached_property
     def kafka_bootstrap_servers(self) -> str:

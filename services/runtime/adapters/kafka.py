@@ -140,6 +140,13 @@ class KafkaProducer:
                 await asyncio.sleep(0.005)
         return await done
 
+    async def warm(self, topics: Sequence[str], timeout: float = 10.0) -> None:
+        """Fetches the metadata of `topics` now, which also connects and lets the
+        idempotent producer get its producer id: the first real produce then takes
+        milliseconds instead of the ~0.5 s a cold producer waits."""
+        for topic in topics:
+            await asyncio.to_thread(self._producer.list_topics, topic, timeout)
+
     async def flush(self, timeout: float = 10.0) -> int:
         """Waits for outstanding records; returns how many are still undelivered."""
         remaining: int = await asyncio.to_thread(self._producer.flush, timeout)

@@ -125,6 +125,7 @@ class StreamRunResponse(_message.Message):
     TOOL_FINISHED_FIELD_NUMBER: _builtins.int
     ANSWER_DELTA_FIELD_NUMBER: _builtins.int
     FINISHED_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Identifier of this event within the run, for `StreamRunRequest.after_event_id`."""
     @_builtins.property
@@ -151,6 +152,10 @@ class StreamRunResponse(_message.Message):
     def finished(self) -> Global___RunFinished:
         """The run ended; the last event of the stream."""
 
+    @_builtins.property
+    def accepted(self) -> Global___RunAccepted:
+        """The gateway accepted the run; the first event of the stream."""
+
     def __init__(
         self,
         *,
@@ -161,16 +166,41 @@ class StreamRunResponse(_message.Message):
         tool_finished: Global___ToolFinished | None = ...,
         answer_delta: Global___AnswerDelta | None = ...,
         finished: Global___RunFinished | None = ...,
+        accepted: Global___RunAccepted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["answer_delta", b"answer_delta", "event", b"event", "event_time", b"event_time", "finished", b"finished", "planned", b"planned", "tool_finished", b"tool_finished", "tool_started", b"tool_started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "answer_delta", b"answer_delta", "event", b"event", "event_time", b"event_time", "finished", b"finished", "planned", b"planned", "tool_finished", b"tool_finished", "tool_started", b"tool_started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_delta", b"answer_delta", "event", b"event", "event_id", b"event_id", "event_time", b"event_time", "finished", b"finished", "planned", b"planned", "tool_finished", b"tool_finished", "tool_started", b"tool_started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "answer_delta", b"answer_delta", "event", b"event", "event_id", b"event_id", "event_time", b"event_time", "finished", b"finished", "planned", b"planned", "tool_finished", b"tool_finished", "tool_started", b"tool_started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["planned", "tool_started", "tool_finished", "answer_delta", "finished"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["planned", "tool_started", "tool_finished", "answer_delta", "finished", "accepted"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___StreamRunResponse: _TypeAlias = StreamRunResponse  # noqa: Y015
+
+@_typing.final
+class RunAccepted(_message.Message):
+    """The gateway accepted the run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> _types_pb2.Run:
+        """The run as it was accepted (`RUN_STATUS_PENDING`)."""
+
+    def __init__(
+        self,
+        *,
+        run: _types_pb2.Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunAccepted: _TypeAlias = RunAccepted  # noqa: Y015
 
 @_typing.final
 class RunPlanned(_message.Message):
@@ -353,6 +383,64 @@ class GetRunResponse(_message.Message):
 Global___GetRunResponse: _TypeAlias = GetRunResponse  # noqa: Y015
 
 @_typing.final
+class ListRunsRequest(_message.Message):
+    """Request of `AgentGateway.ListRuns`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Runs per page (1-100; 20 when zero)."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; the first page when empty."""
+    status: _types_pb2.RunStatus.ValueType
+    """Only runs in this status; every status when unspecified."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        status: _types_pb2.RunStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunsRequest: _TypeAlias = ListRunsRequest  # noqa: Y015
+
+@_typing.final
+class ListRunsResponse(_message.Message):
+    """Response of `AgentGateway.ListRuns`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Run]:
+        """The caller's runs, newest first."""
+
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[_types_pb2.Run] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunsResponse: _TypeAlias = ListRunsResponse  # noqa: Y015
+
+@_typing.final
 class CancelRunRequest(_message.Message):
     """Request of `AgentGateway.CancelRun`."""
 
@@ -387,7 +475,9 @@ class CancelRunResponse(_message.Message):
     RUN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def run(self) -> _types_pb2.Run:
-        """The run after cancellation."""
+        """The run at the time of the call; it ends `RUN_STATUS_CANCELLED` once every
+        service has stopped its work.
+        """
 
     def __init__(
         self,

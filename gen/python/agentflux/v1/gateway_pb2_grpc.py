@@ -29,6 +29,30 @@ class AgentGatewayStub:
     """The public entry point of agentflux. Callers submit prompts, follow a run's
     progress, look runs up, cancel them and search finished answers. The tenant is
     taken from the caller's credentials; a run of another tenant is NOT_FOUND.
+
+    Metadata the gateway reads on every call (all optional):
+    x-correlation-id  ties everything one request causes together; created when
+    absent. Echoed in the initial response metadata.
+    x-request-id      this call's id (the causation id of what it emits); created
+    when absent. Echoed in the initial response metadata.
+    idempotency-key   carried to every event and task the call causes.
+    x-tenant-id       the tenant, until credentials carry it.
+    traceparent, tracestate
+    W3C trace context; the call's span continues that trace.
+    A malformed value is refused with INVALID_ARGUMENT naming the key.
+
+    Reading what you wrote: as soon as `Submit` returns, `GetRun`, `StreamRun` and
+    `ListRuns` find the run (never NOT_FOUND); once a stream delivered `finished`,
+    `GetRun` returns the finished run.
+
+    One vocabulary for how a run ends: `RunFinished.status` (a `CompletionStatus`)
+    and `Run.status` (a `RunStatus`) map one to one on the terminal states:
+    COMPLETION_STATUS_COMPLETED = RUN_STATUS_COMPLETED, COMPLETION_STATUS_FAILED =
+    RUN_STATUS_FAILED, COMPLETION_STATUS_CANCELLED = RUN_STATUS_CANCELLED.
+
+    The answer appears in three places, equal once the run finished: the joined
+    `AnswerDelta` texts of the stream, `RunFinished.answer.text`, and
+    `Run.answer.text` from `GetRun`.
     """
 
     def __init__(self, channel):
@@ -52,6 +76,11 @@ class AgentGatewayStub:
                 request_serializer=agentflux_dot_v1_dot_gateway__pb2.GetRunRequest.SerializeToString,
                 response_deserializer=agentflux_dot_v1_dot_gateway__pb2.GetRunResponse.FromString,
                 _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/agentflux.v1.AgentGateway/ListRuns',
+                request_serializer=agentflux_dot_v1_dot_gateway__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=agentflux_dot_v1_dot_gateway__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
         self.CancelRun = channel.unary_unary(
                 '/agentflux.v1.AgentGateway/CancelRun',
                 request_serializer=agentflux_dot_v1_dot_gateway__pb2.CancelRunRequest.SerializeToString,
@@ -68,19 +97,51 @@ class AgentGatewayServicer:
     """The public entry point of agentflux. Callers submit prompts, follow a run's
     progress, look runs up, cancel them and search finished answers. The tenant is
     taken from the caller's credentials; a run of another tenant is NOT_FOUND.
+
+    Metadata the gateway reads on every call (all optional):
+    x-correlation-id  ties everything one request causes together; created when
+    absent. Echoed in the initial response metadata.
+    x-request-id      this call's id (the causation id of what it emits); created
+    when absent. Echoed in the initial response metadata.
+    idempotency-key   carried to every event and task the call causes.
+    x-tenant-id       the tenant, until credentials carry it.
+    traceparent, tracestate
+    W3C trace context; the call's span continues that trace.
+    A malformed value is refused with INVALID_ARGUMENT naming the key.
+
+    Reading what you wrote: as soon as `Submit` returns, `GetRun`, `StreamRun` and
+    `ListRuns` find the run (never NOT_FOUND); once a stream delivered `finished`,
+    `GetRun` returns the finished run.
+
+    One vocabulary for how a run ends: `RunFinished.status` (a `CompletionStatus`)
+    and `Run.status` (a `RunStatus`) map one to one on the terminal states:
+    COMPLETION_STATUS_COMPLETED = RUN_STATUS_COMPLETED, COMPLETION_STATUS_FAILED =
+    RUN_STATUS_FAILED, COMPLETION_STATUS_CANCELLED = RUN_STATUS_CANCELLED.
+
+    The answer appears in three places, equal once the run finished: the joined
+    `AnswerDelta` texts of the stream, `RunFinished.answer.text`, and
+    `Run.answer.text` from `GetRun`.
     """
 
     def Submit(self, request, context):
-        """Starts a run and returns at once with its identifier. Retrying with the same
-        `request_id` returns the run the first call started instead of a new one.
+        """Starts a run and returns at once with its identifier, in `RUN_STATUS_PENDING`.
+        Retrying with the same `request_id` returns the run the first call started
+        instead of a new one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamRun(self, request, context):
-        """Streams a run's progress until it ends. A client that lost the stream passes
-        the last `event_id` it saw as `after_event_id` and receives only later events.
+        """Streams a run's progress until it ends: first `accepted`, then the planning,
+        tool and answer events, last `finished`. Every event has an `event_id`; a client
+        that lost the stream passes the last `event_id` it saw as `after_event_id` and
+        receives only later events, so the joined answer deltas continue exactly where
+        it stopped. Events of a finished run can be replayed for the stream retention
+        of the deployment (`AGENTFLUX_STREAM_RETENTION_S`, one hour by default); after
+        that the run's events are gone and the call returns NOT_FOUND (`GetRun` still
+        answers). An `after_event_id` that is not an id of this run's stream returns
+        OUT_OF_RANGE; one that is malformed, INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,9 +154,19 @@ class AgentGatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRuns(self, request, context):
+        """Lists the caller's runs, newest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelRun(self, request, context):
-        """Cancels a run: queued tool calls for it are dropped and the run ends with
-        `RUN_STATUS_CANCELLED`. Cancelling a finished run returns it unchanged.
+        """Asks for a run to be cancelled and returns the run as it is at the time of the
+        call: still `RUN_STATUS_RUNNING` while the cancellation spreads. Tool calls not
+        yet started are skipped, and the run ends with `RUN_STATUS_CANCELLED` (its stream
+        ends with `finished` of status CANCELLED). Cancelling a finished run returns it
+        unchanged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,6 +197,11 @@ def add_AgentGatewayServicer_to_server(servicer, server):
                     request_deserializer=agentflux_dot_v1_dot_gateway__pb2.GetRunRequest.FromString,
                     response_serializer=agentflux_dot_v1_dot_gateway__pb2.GetRunResponse.SerializeToString,
             ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=agentflux_dot_v1_dot_gateway__pb2.ListRunsRequest.FromString,
+                    response_serializer=agentflux_dot_v1_dot_gateway__pb2.ListRunsResponse.SerializeToString,
+            ),
             'CancelRun': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelRun,
                     request_deserializer=agentflux_dot_v1_dot_gateway__pb2.CancelRunRequest.FromString,
@@ -148,6 +224,30 @@ class AgentGateway:
     """The public entry point of agentflux. Callers submit prompts, follow a run's
     progress, look runs up, cancel them and search finished answers. The tenant is
     taken from the caller's credentials; a run of another tenant is NOT_FOUND.
+
+    Metadata the gateway reads on every call (all optional):
+    x-correlation-id  ties everything one request causes together; created when
+    absent. Echoed in the initial response metadata.
+    x-request-id      this call's id (the causation id of what it emits); created
+    when absent. Echoed in the initial response metadata.
+    idempotency-key   carried to every event and task the call causes.
+    x-tenant-id       the tenant, until credentials carry it.
+    traceparent, tracestate
+    W3C trace context; the call's span continues that trace.
+    A malformed value is refused with INVALID_ARGUMENT naming the key.
+
+    Reading what you wrote: as soon as `Submit` returns, `GetRun`, `StreamRun` and
+    `ListRuns` find the run (never NOT_FOUND); once a stream delivered `finished`,
+    `GetRun` returns the finished run.
+
+    One vocabulary for how a run ends: `RunFinished.status` (a `CompletionStatus`)
+    and `Run.status` (a `RunStatus`) map one to one on the terminal states:
+    COMPLETION_STATUS_COMPLETED = RUN_STATUS_COMPLETED, COMPLETION_STATUS_FAILED =
+    RUN_STATUS_FAILED, COMPLETION_STATUS_CANCELLED = RUN_STATUS_CANCELLED.
+
+    The answer appears in three places, equal once the run finished: the joined
+    `AnswerDelta` texts of the stream, `RunFinished.answer.text`, and
+    `Run.answer.text` from `GetRun`.
     """
 
     @staticmethod
@@ -221,6 +321,33 @@ class AgentGateway:
             '/agentflux.v1.AgentGateway/GetRun',
             agentflux_dot_v1_dot_gateway__pb2.GetRunRequest.SerializeToString,
             agentflux_dot_v1_dot_gateway__pb2.GetRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentflux.v1.AgentGateway/ListRuns',
+            agentflux_dot_v1_dot_gateway__pb2.ListRunsRequest.SerializeToString,
+            agentflux_dot_v1_dot_gateway__pb2.ListRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -30,6 +30,30 @@ class AgentGatewayStub:
     """The public entry point of agentflux. Callers submit prompts, follow a run's
     progress, look runs up, cancel them and search finished answers. The tenant is
     taken from the caller's credentials; a run of another tenant is NOT_FOUND.
+
+    Metadata the gateway reads on every call (all optional):
+      x-correlation-id  ties everything one request causes together; created when
+                        absent. Echoed in the initial response metadata.
+      x-request-id      this call's id (the causation id of what it emits); created
+                        when absent. Echoed in the initial response metadata.
+      idempotency-key   carried to every event and task the call causes.
+      x-tenant-id       the tenant, until credentials carry it.
+      traceparent, tracestate
+                        W3C trace context; the call's span continues that trace.
+    A malformed value is refused with INVALID_ARGUMENT naming the key.
+
+    Reading what you wrote: as soon as `Submit` returns, `GetRun`, `StreamRun` and
+    `ListRuns` find the run (never NOT_FOUND); once a stream delivered `finished`,
+    `GetRun` returns the finished run.
+
+    One vocabulary for how a run ends: `RunFinished.status` (a `CompletionStatus`)
+    and `Run.status` (a `RunStatus`) map one to one on the terminal states:
+    COMPLETION_STATUS_COMPLETED = RUN_STATUS_COMPLETED, COMPLETION_STATUS_FAILED =
+    RUN_STATUS_FAILED, COMPLETION_STATUS_CANCELLED = RUN_STATUS_CANCELLED.
+
+    The answer appears in three places, equal once the run finished: the joined
+    `AnswerDelta` texts of the stream, `RunFinished.answer.text`, and
+    `Run.answer.text` from `GetRun`.
     """
 
     @_typing.overload
@@ -37,18 +61,31 @@ class AgentGatewayStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AgentGatewayAsyncStub: ...
     Submit: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SubmitRequest, _gateway_pb2.SubmitResponse]
-    """Starts a run and returns at once with its identifier. Retrying with the same
-    `request_id` returns the run the first call started instead of a new one.
+    """Starts a run and returns at once with its identifier, in `RUN_STATUS_PENDING`.
+    Retrying with the same `request_id` returns the run the first call started
+    instead of a new one.
     """
     StreamRun: _grpc.UnaryStreamMultiCallable[_gateway_pb2.StreamRunRequest, _gateway_pb2.StreamRunResponse]
-    """Streams a run's progress until it ends. A client that lost the stream passes
-    the last `event_id` it saw as `after_event_id` and receives only later events.
+    """Streams a run's progress until it ends: first `accepted`, then the planning,
+    tool and answer events, last `finished`. Every event has an `event_id`; a client
+    that lost the stream passes the last `event_id` it saw as `after_event_id` and
+    receives only later events, so the joined answer deltas continue exactly where
+    it stopped. Events of a finished run can be replayed for the stream retention
+    of the deployment (`AGENTFLUX_STREAM_RETENTION_S`, one hour by default); after
+    that the run's events are gone and the call returns NOT_FOUND (`GetRun` still
+    answers). An `after_event_id` that is not an id of this run's stream returns
+    OUT_OF_RANGE; one that is malformed, INVALID_ARGUMENT.
     """
     GetRun: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetRunRequest, _gateway_pb2.GetRunResponse]
     """Returns the current state of a run."""
+    ListRuns: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListRunsRequest, _gateway_pb2.ListRunsResponse]
+    """Lists the caller's runs, newest first, a page at a time."""
     CancelRun: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CancelRunRequest, _gateway_pb2.CancelRunResponse]
-    """Cancels a run: queued tool calls for it are dropped and the run ends with
-    `RUN_STATUS_CANCELLED`. Cancelling a finished run returns it unchanged.
+    """Asks for a run to be cancelled and returns the run as it is at the time of the
+    call: still `RUN_STATUS_RUNNING` while the cancellation spreads. Tool calls not
+    yet started are skipped, and the run ends with `RUN_STATUS_CANCELLED` (its stream
+    ends with `finished` of status CANCELLED). Cancelling a finished run returns it
+    unchanged.
     """
     SearchResponses: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SearchResponsesRequest, _gateway_pb2.SearchResponsesResponse]
     """Searches the caller's finished answers."""
@@ -58,22 +95,59 @@ class AgentGatewayAsyncStub(AgentGatewayStub):
     """The public entry point of agentflux. Callers submit prompts, follow a run's
     progress, look runs up, cancel them and search finished answers. The tenant is
     taken from the caller's credentials; a run of another tenant is NOT_FOUND.
+
+    Metadata the gateway reads on every call (all optional):
+      x-correlation-id  ties everything one request causes together; created when
+                        absent. Echoed in the initial response metadata.
+      x-request-id      this call's id (the causation id of what it emits); created
+                        when absent. Echoed in the initial response metadata.
+      idempotency-key   carried to every event and task the call causes.
+      x-tenant-id       the tenant, until credentials carry it.
+      traceparent, tracestate
+                        W3C trace context; the call's span continues that trace.
+    A malformed value is refused with INVALID_ARGUMENT naming the key.
+
+    Reading what you wrote: as soon as `Submit` returns, `GetRun`, `StreamRun` and
+    `ListRuns` find the run (never NOT_FOUND); once a stream delivered `finished`,
+    `GetRun` returns the finished run.
+
+    One vocabulary for how a run ends: `RunFinished.status` (a `CompletionStatus`)
+    and `Run.status` (a `RunStatus`) map one to one on the terminal states:
+    COMPLETION_STATUS_COMPLETED = RUN_STATUS_COMPLETED, COMPLETION_STATUS_FAILED =
+    RUN_STATUS_FAILED, COMPLETION_STATUS_CANCELLED = RUN_STATUS_CANCELLED.
+
+    The answer appears in three places, equal once the run finished: the joined
+    `AnswerDelta` texts of the stream, `RunFinished.answer.text`, and
+    `Run.answer.text` from `GetRun`.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Submit: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SubmitRequest, _gateway_pb2.SubmitResponse]  # type: ignore[assignment]
-    """Starts a run and returns at once with its identifier. Retrying with the same
-    `request_id` returns the run the first call started instead of a new one.
+    """Starts a run and returns at once with its identifier, in `RUN_STATUS_PENDING`.
+    Retrying with the same `request_id` returns the run the first call started
+    instead of a new one.
     """
     StreamRun: _aio.UnaryStreamMultiCallable[_gateway_pb2.StreamRunRequest, _gateway_pb2.StreamRunResponse]  # type: ignore[assignment]
-    """Streams a run's progress until it ends. A client that lost the stream passes
-    the last `event_id` it saw as `after_event_id` and receives only later events.
+    """Streams a run's progress until it ends: first `accepted`, then the planning,
+    tool and answer events, last `finished`. Every event has an `event_id`; a client
+    that lost the stream passes the last `event_id` it saw as `after_event_id` and
+    receives only later events, so the joined answer deltas continue exactly where
+    it stopped. Events of a finished run can be replayed for the stream retention
+    of the deployment (`AGENTFLUX_STREAM_RETENTION_S`, one hour by default); after
+    that the run's events are gone and the call returns NOT_FOUND (`GetRun` still
+    answers). An `after_event_id` that is not an id of this run's stream returns
+    OUT_OF_RANGE; one that is malformed, INVALID_ARGUMENT.
     """
     GetRun: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetRunRequest, _gateway_pb2.GetRunResponse]  # type: ignore[assignment]
     """Returns the current state of a run."""
+    ListRuns: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListRunsRequest, _gateway_pb2.ListRunsResponse]  # type: ignore[assignment]
+    """Lists the caller's runs, newest first, a page at a time."""
     CancelRun: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CancelRunRequest, _gateway_pb2.CancelRunResponse]  # type: ignore[assignment]
-    """Cancels a run: queued tool calls for it are dropped and the run ends with
-    `RUN_STATUS_CANCELLED`. Cancelling a finished run returns it unchanged.
+    """Asks for a run to be cancelled and returns the run as it is at the time of the
+    call: still `RUN_STATUS_RUNNING` while the cancellation spreads. Tool calls not
+    yet started are skipped, and the run ends with `RUN_STATUS_CANCELLED` (its stream
+    ends with `finished` of status CANCELLED). Cancelling a finished run returns it
+    unchanged.
     """
     SearchResponses: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SearchResponsesRequest, _gateway_pb2.SearchResponsesResponse]  # type: ignore[assignment]
     """Searches the caller's finished answers."""
@@ -82,6 +156,30 @@ class AgentGatewayServicer(metaclass=_abc_1.ABCMeta):
     """The public entry point of agentflux. Callers submit prompts, follow a run's
     progress, look runs up, cancel them and search finished answers. The tenant is
     taken from the caller's credentials; a run of another tenant is NOT_FOUND.
+
+    Metadata the gateway reads on every call (all optional):
+      x-correlation-id  ties everything one request causes together; created when
+                        absent. Echoed in the initial response metadata.
+      x-request-id      this call's id (the causation id of what it emits); created
+                        when absent. Echoed in the initial response metadata.
+      idempotency-key   carried to every event and task the call causes.
+      x-tenant-id       the tenant, until credentials carry it.
+      traceparent, tracestate
+                        W3C trace context; the call's span continues that trace.
+    A malformed value is refused with INVALID_ARGUMENT naming the key.
+
+    Reading what you wrote: as soon as `Submit` returns, `GetRun`, `StreamRun` and
+    `ListRuns` find the run (never NOT_FOUND); once a stream delivered `finished`,
+    `GetRun` returns the finished run.
+
+    One vocabulary for how a run ends: `RunFinished.status` (a `CompletionStatus`)
+    and `Run.status` (a `RunStatus`) map one to one on the terminal states:
+    COMPLETION_STATUS_COMPLETED = RUN_STATUS_COMPLETED, COMPLETION_STATUS_FAILED =
+    RUN_STATUS_FAILED, COMPLETION_STATUS_CANCELLED = RUN_STATUS_CANCELLED.
+
+    The answer appears in three places, equal once the run finished: the joined
+    `AnswerDelta` texts of the stream, `RunFinished.answer.text`, and
+    `Run.answer.text` from `GetRun`.
     """
 
     @_abc_1.abstractmethod
@@ -90,8 +188,9 @@ class AgentGatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.SubmitRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.SubmitResponse, _abc.Awaitable[_gateway_pb2.SubmitResponse]]:
-        """Starts a run and returns at once with its identifier. Retrying with the same
-        `request_id` returns the run the first call started instead of a new one.
+        """Starts a run and returns at once with its identifier, in `RUN_STATUS_PENDING`.
+        Retrying with the same `request_id` returns the run the first call started
+        instead of a new one.
         """
 
     @_abc_1.abstractmethod
@@ -100,8 +199,15 @@ class AgentGatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.StreamRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_gateway_pb2.StreamRunResponse], _abc.AsyncIterator[_gateway_pb2.StreamRunResponse]]:
-        """Streams a run's progress until it ends. A client that lost the stream passes
-        the last `event_id` it saw as `after_event_id` and receives only later events.
+        """Streams a run's progress until it ends: first `accepted`, then the planning,
+        tool and answer events, last `finished`. Every event has an `event_id`; a client
+        that lost the stream passes the last `event_id` it saw as `after_event_id` and
+        receives only later events, so the joined answer deltas continue exactly where
+        it stopped. Events of a finished run can be replayed for the stream retention
+        of the deployment (`AGENTFLUX_STREAM_RETENTION_S`, one hour by default); after
+        that the run's events are gone and the call returns NOT_FOUND (`GetRun` still
+        answers). An `after_event_id` that is not an id of this run's stream returns
+        OUT_OF_RANGE; one that is malformed, INVALID_ARGUMENT.
         """
 
     @_abc_1.abstractmethod
@@ -113,13 +219,24 @@ class AgentGatewayServicer(metaclass=_abc_1.ABCMeta):
         """Returns the current state of a run."""
 
     @_abc_1.abstractmethod
+    def ListRuns(
+        self,
+        request: _gateway_pb2.ListRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListRunsResponse, _abc.Awaitable[_gateway_pb2.ListRunsResponse]]:
+        """Lists the caller's runs, newest first, a page at a time."""
+
+    @_abc_1.abstractmethod
     def CancelRun(
         self,
         request: _gateway_pb2.CancelRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.CancelRunResponse, _abc.Awaitable[_gateway_pb2.CancelRunResponse]]:
-        """Cancels a run: queued tool calls for it are dropped and the run ends with
-        `RUN_STATUS_CANCELLED`. Cancelling a finished run returns it unchanged.
+        """Asks for a run to be cancelled and returns the run as it is at the time of the
+        call: still `RUN_STATUS_RUNNING` while the cancellation spreads. Tool calls not
+        yet started are skipped, and the run ends with `RUN_STATUS_CANCELLED` (its stream
+        ends with `finished` of status CANCELLED). Cancelling a finished run returns it
+        unchanged.
         """
 
     @_abc_1.abstractmethod

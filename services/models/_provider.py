@@ -1,0 +1,98 @@
+"""What a model provider does for the planner and the composer.
+
+The planner asks it for a plan (`plan`): the tool calls of one step, or a direct answer
+when no tool is needed. The composer, once a step's results are in, asks it to compose
+(`compose`): either go on with another step (a continuation, within the run's step
+budget) or answer, streaming the text in pieces. Both report the tokens they spent, so
+the run's usage (and, later, the tenant's budget) is charged from what the model says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agentflux.v1 import types_pb2
+
+__all__ = [
+    "ComposeRequest",
+    "Composition",
+    "ModelProvider",
+    "Plan",
+    "PlanRequest",
+    "PlannedCall",
+    "ToolOffer",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOffer:
+    """A tool the model may call: name, what it does, and its arguments' JSON schema."""
+
+    name: str
+    description: str
+    schema: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedCall:
+    """One tool call the model asks for."""
+
+    name: str
+    arguments: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRequest:
+    """What the planner knows when it asks for a step's plan."""
+
+    prompt: str
+    step: int
+    tools: Sequence[ToolOffer]
+    previous_results: Sequence[types_pb2.ToolResult] = ()  # the step before, for step > 0
+    memory: Sequence[str] = ()  # the conversation's short-lived memory, newest first
+    session: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The tool calls of a step (run at once), or a direct answer (no calls)."""
+
+    calls: Sequence[PlannedCall] = ()
+    answer: str = ""
+    usage: types_pb2.Usage = field(default_factory=types_pb2.Usage)
+
+
+@dataclass(frozen=True, slots=True)
+class ComposeRequest:
+    """What the composer knows once a step's results are in."""
+
+    prompt: str
+    step: int
+    max_steps: int  # the run's step budget: a continuation needs step + 1 < max_steps
+    results: Sequence[types_pb2.ToolResult]  # this step's, in tool_call_id order
+    template: str  # the prompt template the answer is composed from
+    memory: Sequence[str] = ()
+
+
+@dataclass
+class Composition:
+    """Either go on (`next_step`: plan another step with these results) or answer:
+    `deltas` yields the answer's pieces in order; `usage` is final once it is drained."""
+
+    next_step: bool
+    deltas: AsyncIterator[str] | None = None
+    usage: types_pb2.Usage = field(default_factory=types_pb2.Usage)
+
+
+class ModelProvider(Protocol):
+    """A model: plans steps and composes answers."""
+
+    name: str
+
+    async def plan(self, request: PlanRequest) -> Plan:
+        """The plan of one step."""
+
+    async def compose(self, request: ComposeRequest) -> Composition:
+        """Continue or answer, after a step's results."""

@@ -1,0 +1,30 @@
+"""A run's shared records in Redis: the run itself, its event stream and its steps.
+
+Several services write to one run (the gateway creates it, the planner plans it, the
+workers run its tools, the composer or the planner ends it) and the gateway reads it.
+Every write that must happen once is a Lua script, so a redelivered message (at-least-
+once everywhere) never appends an event twice, never ends a run twice, and never lets
+a late writer overwrite how a run ended:
+
+- `RunStore.create`: the run, its `accepted` event and the caller's `request_id`, at
+  once; a retried `request_id` finds the first run.
+- `RunStore.append_once`: an event under a marker (planned step, answer delta, tool
+  started or finished), appended at most once.
+- `RunStore.finish`: the terminal state, and the `finished` event, at most once; a
+  cancellation requested before it wins.
+- `RunStore.record_result`: a step's tool results, gathered atomically; exactly one
+  caller learns that the step is complete.
+
+Keys live under `<namespace>af:<tenant>:`, so tenants never share a key.
+"""
+
+from services.runs._store import (
+    TERMINAL,
+    Finished,
+    RunStore,
+    StreamGapError,
+    completion_of,
+    finished_of,
+)
+
+__all__ = ["TERMINAL", "Finished", "RunStore", "StreamGapError", "completion_of", "finished_of"]

@@ -1,0 +1,382 @@
+"""The run record, its event stream and its steps (see the package doc)."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from agentflux.v1 import gateway_pb2, types_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.runtime.keys import Keys
+
+__all__ = ["TERMINAL", "Finished", "RunStore", "StreamGapError", "completion_of", "finished_of"]
+
+TERMINAL = (
+    types_pb2.RUN_STATUS_COMPLETED,
+    types_pb2.RUN_STATUS_FAILED,
+    types_pb2.RUN_STATUS_CANCELLED,
+)
+_EVENT_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+
+_CREATE = """
+if ARGV[7] == '1' then
+  local first = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[5], 'GET')
+  if first then return first end
+end
+redis.call('HSET', KEYS[2], 'run', ARGV[2], 'status', 1, 'steps', 0, 'update_ms', ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[6]) * 1000)
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+redis.call('XADD', KEYS[4], '*', 'e', ARGV[4])
+redis.call('EXPIRE', KEYS[4], ARGV[6])
+return false
+"""
+
+# Nothing is appended to a run that ended: `finished` stays the last event.
+_APPEND_ONCE = """
+local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
+if not status or status >= 3 then return false end
+if redis.call('HSETNX', KEYS[1], 'once:' .. ARGV[1], 1) == 0 then return false end
+return redis.call('XADD', KEYS[2], '*', 'e', ARGV[2])
+"""
+
+_RUNNING = """
+local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
+if not status or status >= 3 then return 0 end
+local steps = tonumber(redis.call('HGET', KEYS[1], 'steps') or '0')
+if tonumber(ARGV[1]) + 1 > steps then steps = tonumber(ARGV[1]) + 1 end
+redis.call('HSET', KEYS[1], 'status', 2, 'steps', steps, 'update_ms', ARGV[2])
+return 1
+"""
+
+_CANCEL = """
+local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
+if not status then return -1 end
+if status >= 3 then return 0 end
+redis.call('HSETNX', KEYS[1], 'cancel', ARGV[1])
+redis.call('HSET', KEYS[1], 'update_ms', ARGV[2])
+return 1
+"""
+
+# The run's end, at most once. A cancellation requested before it wins over the
+# outcome the caller brings: the caller asked for the work to stop.
+_FINISH = """
+local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
+if not status then return -1 end
+if status >= 3 then return 0 end
+local final, err = ARGV[1], ARGV[4]
+local cancel = redis.call('HGET', KEYS[1], 'cancel')
+if cancel then final, err = '5', cancel end
+redis.call('HSET', KEYS[1], 'status', final, 'error', err, 'usage', ARGV[3], 'update_ms', ARGV[6])
+if final == '3' then redis.call('HSET', KEYS[1], 'answer', ARGV[2]) end
+local steps = tonumber(redis.call('HGET', KEYS[1], 'steps') or '0')
+if tonumber(ARGV[5]) > steps then redis.call('HSET', KEYS[1], 'steps', ARGV[5]) end
+redis.call('XADD', KEYS[2], '*', 'k', 'finished')
+redis.call('EXPIRE', KEYS[2], ARGV[7])
+return tonumber(final)
+"""
+
+# A step's results; the caller whose result completes the step (and the same caller
+# again, on a redelivery) gets them all, everyone else gets nothing.
+_RECORD = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+if redis.call('HLEN', KEYS[1]) < tonumber(ARGV[3]) then return false end
+local marker = 'once:step-complete:' .. ARGV[5]
+if redis.call('HSETNX', KEYS[2], marker, ARGV[1]) == 0
+   and redis.call('HGET', KEYS[2], marker) ~= ARGV[1] then
+  return false
+end
+return redis.call('HVALS', KEYS[1])
+"""
+
+
+class StreamGapError(Exception):
+    """`after_event_id` is not an event of the run's stream (unknown or expired)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """How a run ended, as stored."""
+
+    status: int
+    run: types_pb2.Run
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _timestamp(ms: int) -> Timestamp:
+    ts = Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+class RunStore:
+    """Reads and writes runs for every service (the `redis` client returns bytes)."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        namespace: str = "",
+        run_ttl_s: int = 7 * 86400,
+        stream_ttl_s: int = 3600,
+        request_ttl_s: int = 86400,
+    ) -> None:
+        self.redis = redis
+        self.keys = Keys(namespace)
+        self.run_ttl_s = run_ttl_s
+        self.stream_ttl_s = stream_ttl_s
+        self.request_ttl_s = request_ttl_s
+        self._create = redis.register_script(_CREATE)
+        self._append = redis.register_script(_APPEND_ONCE)
+        self._running = redis.register_script(_RUNNING)
+        self._cancel = redis.register_script(_CANCEL)
+        self._finish = redis.register_script(_FINISH)
+        self._record = redis.register_script(_RECORD)
+
+    # -- the run ---------------------------------------------------------------------
+
+    async def create(self, run: types_pb2.Run, request_id: str = "") -> tuple[types_pb2.Run, bool]:
+        """Stores a new PENDING run with its `accepted` event; with a `request_id` seen
+        before, returns that run instead. The bool says whether the run is new."""
+        now = _now_ms()
+        run.status = types_pb2.RUN_STATUS_PENDING
+        run.create_time.CopyFrom(_timestamp(now))
+        run.update_time.CopyFrom(_timestamp(now))
+        accepted = gateway_pb2.StreamRunResponse(accepted=gateway_pb2.RunAccepted(run=run))
+        tenant, run_id = run.tenant_id, run.run_id
+        first = await self._create(
+            keys=[
+                self.keys.request(tenant, request_id or "-"),
+                self.keys.run(tenant, run_id),
+                self.keys.runs(tenant),
+                self.keys.events(tenant, run_id),
+            ],
+            args=[
+                run_id,
+                run.SerializeToString(),
+                now,
+                accepted.SerializeToString(),
+                self.request_ttl_s,
+                self.run_ttl_s,
+                "1" if request_id else "0",
+            ],
+        )
+        if first is None:
+            return run, True
+        existing = await self.get(tenant, cast("bytes", first).decode())
+        if existing is None:  # its record expired before the request id did
+            raise LookupError(f"request {request_id} started a run that no longer exists")
+        return existing, False
+
+    async def get(self, tenant: str, run_id: str) -> types_pb2.Run | None:
+        """The run as it is now, or None when there is no such run for `tenant`."""
+        fields = cast("dict[bytes, bytes]", await self.redis.hgetall(self.keys.run(tenant, run_id)))
+        return _assemble(fields) if fields else None
+
+    async def list_runs(
+        self, tenant: str, *, page_size: int, after: tuple[int, str] | None, status: int = 0
+    ) -> tuple[list[types_pb2.Run], tuple[int, str] | None]:
+        """The tenant's runs, newest first, after the `(create ms, run id)` cursor;
+        returns the page and the cursor of the next page (None on the last)."""
+        key = self.keys.runs(tenant)
+        top = f"({after[0]}" if after else "+inf"
+        out: list[types_pb2.Run] = []
+        if after:  # runs created in the same millisecond as the cursor, past it
+            same = cast(
+                "list[tuple[bytes, float]]",
+                await self.redis.zrevrangebyscore(key, after[0], after[0], withscores=True),
+            )
+            ids = [m.decode() for m, _ in same if m.decode() < after[1]]
+            out += await self._runs(tenant, sorted(ids, reverse=True), status)
+        while len(out) <= page_size:
+            batch = cast(
+                "list[tuple[bytes, float]]",
+                await self.redis.zrevrangebyscore(
+                    key, top, "-inf", start=0, num=page_size * 2, withscores=True
+                ),
+            )
+            if not batch:
+                break
+            ids = [m.decode() for m, _ in batch]
+            out += await self._runs(tenant, ids, status)
+            top = f"({int(batch[-1][1])}"
+            if len(batch) < page_size * 2:
+                break
+        page, more = out[:page_size], len(out) > page_size
+        if not more or not page:
+            return page, None
+        last = page[-1]
+        return page, (last.create_time.ToMilliseconds(), last.run_id)
+
+    async def _runs(self, tenant: str, ids: list[str], status: int) -> list[types_pb2.Run]:
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run_id in ids:
+                pipe.hgetall(self.keys.run(tenant, run_id))
+            rows = await pipe.execute()
+        runs = [_assemble(r) for r in rows if r]  # expired runs leave the index lazily
+        return [r for r in runs if not status or r.status == status]
+
+    async def set_running(self, tenant: str, run_id: str, step: int) -> bool:
+        """Marks the run RUNNING at `step`; False when it ended (or is unknown)."""
+        done = await self._running(keys=[self.keys.run(tenant, run_id)], args=[step, _now_ms()])
+        return bool(done)
+
+    async def request_cancel(self, tenant: str, run_id: str, reason: str) -> types_pb2.Run | None:
+        """Records a cancellation request (the first reason wins) and returns the run as
+        it is now; None when there is no such run."""
+        await self._cancel(keys=[self.keys.run(tenant, run_id)], args=[reason, _now_ms()])
+        return await self.get(tenant, run_id)
+
+    async def cancel_reason(self, tenant: str, run_id: str) -> str | None:
+        """Why the run's cancellation was requested, or None when it was not."""
+        raw = await self.redis.hget(self.keys.run(tenant, run_id), "cancel")
+        return None if raw is None else cast("bytes", raw).decode()
+
+    async def finish(
+        self,
+        tenant: str,
+        run_id: str,
+        status: int,
+        *,
+        answer: types_pb2.Answer | None = None,
+        usage: types_pb2.Usage | None = None,
+        error: str = "",
+        steps: int = 0,
+    ) -> Finished | None:
+        """Ends the run (at most once; a requested cancellation wins) and appends its
+        `finished` event. Returns how the run ended, whoever ended it; None when the
+        run is unknown (expired)."""
+        ended = await self._finish(
+            keys=[self.keys.run(tenant, run_id), self.keys.events(tenant, run_id)],
+            args=[
+                status,
+                (answer or types_pb2.Answer()).SerializeToString(),
+                (usage or types_pb2.Usage()).SerializeToString(),
+                error,
+                steps,
+                _now_ms(),
+                self.stream_ttl_s,
+            ],
+        )
+        if ended == -1:
+            return None
+        run = await self.get(tenant, run_id)
+        if run is None:
+            return None
+        return Finished(run.status, run)
+
+    # -- the event stream ----------------------------------------------------------------
+
+    async def append_once(
+        self, tenant: str, run_id: str, marker: str, event: gateway_pb2.StreamRunResponse
+    ) -> str | None:
+        """Appends `event` unless an event with `marker` was appended already or the run
+        ended; returns its event id, or None when nothing was appended."""
+        got = await self._append(
+            keys=[self.keys.run(tenant, run_id), self.keys.events(tenant, run_id)],
+            args=[marker, event.SerializeToString()],
+        )
+        return None if got is None else cast("bytes", got).decode()
+
+    async def read_events(
+        self, tenant: str, run_id: str, after: str, *, block_ms: int | None = None, count: int = 100
+    ) -> list[gateway_pb2.StreamRunResponse]:
+        """Events after `after` (from the start when empty), waiting up to `block_ms`
+        for the first one when there are none yet. Raises `StreamGapError` for an `after`
+        that is not an event of the stream (or `ValueError` when malformed)."""
+        key = self.keys.events(tenant, run_id)
+        if after:
+            if not _EVENT_ID.fullmatch(after):
+                raise ValueError("not an event id (<milliseconds>-<sequence>)")
+            if not await self.redis.xrange(key, after, after, count=1):
+                raise StreamGapError(after)
+        start = after or "0-0"
+        entries: list[tuple[bytes, dict[bytes, bytes]]]
+        if block_ms is None:
+            rows: Any = await self.redis.xrange(key, f"({start}" if after else "-", count=count)
+            entries = list(rows)
+        else:
+            got: Any = await self.redis.xread({key: start}, count=count, block=block_ms)
+            entries = [(i, f) for _, batch in got or () for i, f in batch]
+        out = []
+        for entry_id, fields in entries:
+            out.append(await self._event(tenant, run_id, entry_id.decode(), fields))
+        return out
+
+    async def events_exist(self, tenant: str, run_id: str) -> bool:
+        """Whether the run's events are still kept."""
+        return bool(await self.redis.exists(self.keys.events(tenant, run_id)))
+
+    async def _event(
+        self, tenant: str, run_id: str, event_id: str, fields: dict[bytes, bytes]
+    ) -> gateway_pb2.StreamRunResponse:
+        if fields.get(b"k") == b"finished":
+            # Built from the stored run, so the stream, GetRun and AgentCompleted agree.
+            run = await self.get(tenant, run_id) or types_pb2.Run(run_id=run_id)
+            event = gateway_pb2.StreamRunResponse(finished=finished_of(run))
+        else:
+            event = gateway_pb2.StreamRunResponse.FromString(fields.get(b"e", b""))
+        event.event_id = event_id
+        event.event_time.CopyFrom(_timestamp(int(event_id.split("-", 1)[0])))
+        return event
+
+    # -- steps -----------------------------------------------------------------------
+
+    async def record_result(
+        self, tenant: str, run_id: str, step: int, result: types_pb2.ToolResult, expected: int
+    ) -> list[types_pb2.ToolResult] | None:
+        """Adds one tool result of `step`; returns every result of the step to the one
+        caller whose result completed it (again on its redelivery), else None."""
+        got = await self._record(
+            keys=[self.keys.step(tenant, run_id, step), self.keys.run(tenant, run_id)],
+            args=[result.tool_call_id, result.SerializeToString(), expected, self.run_ttl_s, step],
+        )
+        if got is None:
+            return None
+        results = [types_pb2.ToolResult.FromString(v) for v in cast("list[bytes]", got)]
+        return sorted(results, key=lambda r: r.tool_call_id)
+
+
+_COMPLETION: dict[int, types_pb2.CompletionStatus.ValueType] = {
+    types_pb2.RUN_STATUS_COMPLETED: types_pb2.COMPLETION_STATUS_COMPLETED,
+    types_pb2.RUN_STATUS_FAILED: types_pb2.COMPLETION_STATUS_FAILED,
+    types_pb2.RUN_STATUS_CANCELLED: types_pb2.COMPLETION_STATUS_CANCELLED,
+}
+
+
+def completion_of(status: int) -> types_pb2.CompletionStatus.ValueType:
+    """The `CompletionStatus` of a terminal `RunStatus` (the contract's mapping)."""
+    return _COMPLETION.get(int(status), types_pb2.COMPLETION_STATUS_UNSPECIFIED)
+
+
+def finished_of(run: types_pb2.Run) -> gateway_pb2.RunFinished:
+    """The `finished` event of an ended run."""
+    return gateway_pb2.RunFinished(
+        status=completion_of(run.status), answer=run.answer, error_message=run.error_message
+    )
+
+
+def _assemble(fields: dict[bytes, bytes]) -> types_pb2.Run:
+    run = types_pb2.Run.FromString(fields.get(b"run", b""))
+    run.status = int(fields.get(b"status", b"1"))  # type: ignore[assignment]
+    run.step_count = int(fields.get(b"steps", b"0"))
+    if b"answer" in fields:
+        run.answer.CopyFrom(types_pb2.Answer.FromString(fields[b"answer"]))
+    if b"usage" in fields:
+        run.usage.CopyFrom(types_pb2.Usage.FromString(fields[b"usage"]))
+    run.error_message = fields.get(b"error", b"").decode()
+    if not run.error_message and b"cancel" in fields and run.status not in TERMINAL:
+        run.error_message = f"cancellation requested: {fields[b'cancel'].decode()}"
+    run.update_time.CopyFrom(_timestamp(int(fields.get(b"update_ms", b"0"))))
+    return run
