@@ -9,6 +9,7 @@ whether trying the same work again may succeed.
     ├── NotFound                    NOT_FOUND (also another tenant's resource: no existence leak)
     ├── AlreadyExists               ALREADY_EXISTS
     ├── FailedPrecondition          FAILED_PRECONDITION
+    ├── OutOfRange                  OUT_OF_RANGE (a position past what exists, e.g. a resume point)
     ├── ResourceExhausted           RESOURCE_EXHAUSTED (+ google.rpc.RetryInfo)   retryable
     ├── DeadlineExceeded            DEADLINE_EXCEEDED                             retryable
     └── Unavailable                 UNAVAILABLE (+ RetryInfo)                     retryable
@@ -34,6 +35,7 @@ __all__ = [
     "FluxError",
     "InvalidArgument",
     "NotFound",
+    "OutOfRange",
     "PermissionDenied",
     "ResourceExhausted",
     "Unauthenticated",
@@ -129,6 +131,15 @@ class FailedPrecondition(FluxError):
 
     code = grpc.StatusCode.FAILED_PRECONDITION
     default_reason = "FAILED_PRECONDITION"
+    default_retryable = False
+
+
+class OutOfRange(FluxError):
+    """A position (an offset, a resume point) outside what exists; unlike
+    INVALID_ARGUMENT, the same value may become valid, or may have been valid once."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    default_reason = "OUT_OF_RANGE"
     default_retryable = False
 
 

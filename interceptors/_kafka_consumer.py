@@ -105,6 +105,7 @@ class EventConsumer:
         self._last_commit = 0.0
         self.rounds = 0  # turns of the run loop: shows it is alive while full or paused
         self._room = asyncio.Event()
+        self._early: list[Record] = []
 
     @property
     def counts(self) -> dict[Outcome, int]:
@@ -164,6 +165,9 @@ class EventConsumer:
         self._loop = asyncio.get_running_loop()
         await self.consumer.start(listener=self)
         full_since: float | None = None
+        for record in self._early:  # fetched while `join` waited for the assignment
+            self._dispatch(record, link)
+        self._early.clear()
         try:
             while not stop.is_set():
                 self.rounds += 1
@@ -209,6 +213,20 @@ class EventConsumer:
         self._paused = True
         for record in await self.consumer.consume(1, timeout=0.05):
             self._dispatch(record, link)  # fetched before the pause took effect
+
+    async def join(self, timeout: float = 10.0) -> bool:
+        """Joins the group and waits until partitions are assigned (or `timeout`), so
+        a service reports ready only once it can take work at once. Records fetched
+        meanwhile are kept for `run`. False when nothing was assigned in time (more
+        members than partitions leaves some idle: that is not an error)."""
+        self._loop = asyncio.get_running_loop()
+        await self.consumer.start(listener=self)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._early += await self.consumer.consume(100, timeout=0.1)
+            if await self.consumer.assignment():
+                return True
+        return False
 
     def _dispatch(self, record: Record, link: HandlerLink) -> None:
         partition: Partition = (record.topic() or "", record.partition() or 0)

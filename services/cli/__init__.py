@@ -13,6 +13,7 @@ import typer
 from pydantic import ValidationError
 
 from services import stack
+from services.cli.ask import ask
 from services.cli.trace import trace as show_trace
 from services.runtime.config import Settings
 from services.stack import ServiceStatus
@@ -119,6 +120,54 @@ def demo() -> None:
         typer.echo(f"\n$ agentflux trace {correlation_id}")
         show_trace(correlation_id, store=settings.span_store_dir, as_json=False)
 
+
+SERVICE_NAMES = ("gateway", "planner", "worker", "composer", "indexer")
+
+
+@app.command("serve")
+def serve(
+    services: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help=f"Services to run in this process: {', '.join(SERVICE_NAMES)} (default: all).",
+            show_default=False,
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING.")] = "INFO",
+    json_logs: Annotated[bool, typer.Option("--json-logs", help="Log JSON lines.")] = False,
+) -> None:
+    """Run services of the mesh against the stack until Ctrl-C or SIGTERM."""
+    names = list(dict.fromkeys(services or SERVICE_NAMES))
+    unknown = [n for n in names if n not in SERVICE_NAMES]
+    if unknown:
+        typer.secho(
+            f"unknown service {', '.join(unknown)}; choose from {', '.join(SERVICE_NAMES)}",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
+    settings = _settings()
+    # Imported here: the services pull in every client library, which `stack up` and
+    # `config` do not need.
+    from interceptors import configure_logging
+    from services.cli.serve import serve_forever
+
+    configure_logging("agentflux", log_level.upper(), json=json_logs)
+    try:
+        code = asyncio.run(serve_forever(settings, names, say=_say))
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:
+        typer.echo(
+            "could not start; is the stack up? `agentflux stack up` starts it "
+            "(`agentflux stack status` shows it)",
+            err=True,
+        )
+        raise _fail(exc) from None
+    raise typer.Exit(code)
+
+
+app.command("ask")(ask)
 
 # Bound here as `show_trace`, not `trace`: the package attribute `trace` must stay the
 # submodule, or `import services.cli.trace` and patches would get the function instead.

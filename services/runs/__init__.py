@@ -18,6 +18,7 @@ a late writer overwrite how a run ended:
 Keys live under `<namespace>af:<tenant>:`, so tenants never share a key.
 """
 
+from services.runs._ending import RunEnder
 from services.runs._store import (
     TERMINAL,
     Finished,
@@ -27,4 +28,12 @@ from services.runs._store import (
     finished_of,
 )
 
-__all__ = ["TERMINAL", "Finished", "RunStore", "StreamGapError", "completion_of", "finished_of"]
+__all__ = [
+    "TERMINAL",
+    "Finished",
+    "RunEnder",
+    "RunStore",
+    "StreamGapError",
+    "completion_of",
+    "finished_of",
+]

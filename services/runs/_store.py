@@ -69,15 +69,15 @@ _FINISH = """
 local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
 if not status then return -1 end
 if status >= 3 then return 0 end
-local final, err = ARGV[1], ARGV[4]
+local final, err = ARGV[1], ARGV[3]
 local cancel = redis.call('HGET', KEYS[1], 'cancel')
 if cancel then final, err = '5', cancel end
-redis.call('HSET', KEYS[1], 'status', final, 'error', err, 'usage', ARGV[3], 'update_ms', ARGV[6])
+redis.call('HSET', KEYS[1], 'status', final, 'error', err, 'update_ms', ARGV[5])
 if final == '3' then redis.call('HSET', KEYS[1], 'answer', ARGV[2]) end
 local steps = tonumber(redis.call('HGET', KEYS[1], 'steps') or '0')
-if tonumber(ARGV[5]) > steps then redis.call('HSET', KEYS[1], 'steps', ARGV[5]) end
+if tonumber(ARGV[4]) > steps then redis.call('HSET', KEYS[1], 'steps', ARGV[4]) end
 redis.call('XADD', KEYS[2], '*', 'k', 'finished')
-redis.call('EXPIRE', KEYS[2], ARGV[7])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
 return tonumber(final)
 """
 
@@ -93,6 +93,29 @@ if redis.call('HSETNX', KEYS[2], marker, ARGV[1]) == 0
   return false
 end
 return redis.call('HVALS', KEYS[1])
+"""
+
+
+# Counters of a run that a redelivered message must not add to twice: each addition
+# carries a marker and counts once.
+_ADD_ONCE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HSETNX', KEYS[1], 'once:' .. ARGV[1], 1) == 1 then
+  for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+local out = {}
+for i = 2, #ARGV, 2 do out[#out + 1] = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') end
+return out
+"""
+
+
+# A run's turn in its conversation's session, counted once.
+_TURN = """
+if redis.call('HSETNX', KEYS[1], 'once:turn', 1) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], 'turns', 1)
+redis.call('HSET', KEYS[2], 'last_run', ARGV[1], 'last_status', ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 1
 """
 
 
@@ -141,6 +164,8 @@ class RunStore:
         self._cancel = redis.register_script(_CANCEL)
         self._finish = redis.register_script(_FINISH)
         self._record = redis.register_script(_RECORD)
+        self._add = redis.register_script(_ADD_ONCE)
+        self._turn = redis.register_script(_TURN)
 
     # -- the run ---------------------------------------------------------------------
 
@@ -232,6 +257,49 @@ class RunStore:
         done = await self._running(keys=[self.keys.run(tenant, run_id)], args=[step, _now_ms()])
         return bool(done)
 
+    async def add_once(self, tenant: str, run_id: str, marker: str, **counts: int) -> list[int]:
+        """Adds `counts` to the run's counters once per `marker`; returns their totals
+        (empty when the run is unknown). Counters: `calls` (tool calls planned so far),
+        `u_prompt` and `u_completion` (tokens, which make up `Run.usage`)."""
+        args: list[str | int] = [marker]
+        for name, value in counts.items():
+            args += [name, value]
+        got = await self._add(keys=[self.keys.run(tenant, run_id)], args=args)
+        return [int(v) for v in cast("list[int]", got or [])]
+
+    async def add_usage(
+        self, tenant: str, run_id: str, marker: str, usage: types_pb2.Usage
+    ) -> None:
+        """Charges `usage` to the run once per `marker` (a step's plan, its answer)."""
+        await self.add_once(
+            tenant,
+            run_id,
+            marker,
+            u_prompt=usage.prompt_tokens,
+            u_completion=usage.completion_tokens,
+        )
+
+    async def note_turn(self, run: types_pb2.Run) -> None:
+        """Counts an ended run as a turn of its conversation's session (once)."""
+        keys = [
+            self.keys.run(run.tenant_id, run.run_id),
+            self.keys.session(run.tenant_id, run.conversation_id),
+        ]
+        await self._turn(keys=keys, args=[run.run_id, int(run.status), self.run_ttl_s])
+
+    async def session(self, tenant: str, conversation_id: str) -> dict[str, str]:
+        """A conversation's session state (turns so far, last run and its status)."""
+        raw = cast(
+            "dict[bytes, bytes]",
+            await self.redis.hgetall(self.keys.session(tenant, conversation_id)),
+        )
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def memory(self, tenant: str, conversation_id: str, limit: int = 10) -> list[str]:
+        """A conversation's short-lived memory (what the memory tool stored), newest first."""
+        raw = await self.redis.lrange(self.keys.memory(tenant, conversation_id), 0, limit - 1)
+        return [cast("bytes", v).decode() for v in raw]
+
     async def request_cancel(self, tenant: str, run_id: str, reason: str) -> types_pb2.Run | None:
         """Records a cancellation request (the first reason wins) and returns the run as
         it is now; None when there is no such run."""
@@ -250,7 +318,6 @@ class RunStore:
         status: int,
         *,
         answer: types_pb2.Answer | None = None,
-        usage: types_pb2.Usage | None = None,
         error: str = "",
         steps: int = 0,
     ) -> Finished | None:
@@ -262,7 +329,6 @@ class RunStore:
             args=[
                 status,
                 (answer or types_pb2.Answer()).SerializeToString(),
-                (usage or types_pb2.Usage()).SerializeToString(),
                 error,
                 steps,
                 _now_ms(),
@@ -371,10 +437,15 @@ def _assemble(fields: dict[bytes, bytes]) -> types_pb2.Run:
     run = types_pb2.Run.FromString(fields.get(b"run", b""))
     run.status = int(fields.get(b"status", b"1"))  # type: ignore[assignment]
     run.step_count = int(fields.get(b"steps", b"0"))
+    prompt, completion = int(fields.get(b"u_prompt", 0)), int(fields.get(b"u_completion", 0))
+    run.usage.CopyFrom(
+        types_pb2.Usage(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        )
+    )
     if b"answer" in fields:
         run.answer.CopyFrom(types_pb2.Answer.FromString(fields[b"answer"]))
-    if b"usage" in fields:
-        run.usage.CopyFrom(types_pb2.Usage.FromString(fields[b"usage"]))
+        run.answer.usage.CopyFrom(run.usage)
     run.error_message = fields.get(b"error", b"").decode()
     if not run.error_message and b"cancel" in fields and run.status not in TERMINAL:
         run.error_message = f"cancellation requested: {fields[b'cancel'].decode()}"

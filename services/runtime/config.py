@@ -150,7 +150,7 @@ class Settings(BaseSettings):
         "(every replica indexes everything); empty: the host name.",
     )
     index_dir: Path | None = Field(
-        None, description="Folder of the indexer's SQLite index; empty: <stack_dir>/index."
+        None, description="Folder of the indexer's SQLite index files; empty: <stack_dir>/index."
     )
     model_provider: str = Field(
         "scripted", description="Model provider: `scripted` (offline, deterministic)."
@@ -188,7 +188,8 @@ class Settings(BaseSettings):
     )
     feature_flags: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Feature flags on, comma-separated (the source Memcached caches).",
+        description="Feature flags that are on, comma-separated (the source Memcached "
+        "caches); `capture_content`: prompts and answers as span attributes.",
     )
     lease_s: float = Field(
         10.0, gt=0, description="Lease of a consumer's claim on a message, renewed while it works."

@@ -1,0 +1,175 @@
+"""The composer service (see the package doc)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from agentflux.v1 import events_pb2, types_pb2
+from opentelemetry import trace
+
+from interceptors import EventConsumer, EventProducer, IdempotencyGuard, Incoming, Telemetry
+from services.models import TEMPLATES, ComposeRequest, ModelProvider, provider
+from services.runs import TERMINAL, RunEnder, RunStore
+from services.runtime.adapters.kafka import KafkaConsumer
+from services.runtime.cache import ReadThroughCache
+from services.runtime.flags import FeatureFlags
+from services.runtime.keys import Keys
+from services.runtime.mesh import Mesh, Service
+
+__all__ = ["ComposerService"]
+
+log = logging.getLogger(__name__)
+
+_TEMPLATE = "compose"
+# Feature flag (read through Memcached): answers as span attributes; off by default.
+CAPTURE_CONTENT = "capture_content"
+
+
+class ComposerService(Service):
+    """Ends or continues runs once a step's results are in (see the package doc)."""
+
+    name = "composer"
+
+    def __init__(self, mesh: Mesh, *, model: ModelProvider | None = None) -> None:
+        super().__init__(mesh)
+        settings = mesh.settings
+        self.model = model or provider(settings)
+        self.telemetry = Telemetry.create(
+            "composer", span_store=settings.span_store_dir, otlp_endpoint=settings.otlp_endpoint
+        )
+        self.store = RunStore(
+            mesh.redis,
+            namespace=mesh.namespace,
+            run_ttl_s=settings.run_retention_s,
+            stream_ttl_s=settings.stream_retention_s,
+            request_ttl_s=settings.request_id_ttl_s,
+        )
+        self.events = EventProducer(
+            mesh.producer, self.telemetry, source="/agentflux/composer", topic_prefix=mesh.namespace
+        )
+        self.ender = RunEnder(self.store, self.events)
+        self.cache = ReadThroughCache(
+            mesh.memcached, namespace=mesh.namespace, ttl_s=settings.cache_ttl_s
+        )
+        self.flags = FeatureFlags(self.cache, settings)
+        self.kafka = KafkaConsumer(
+            settings, mesh.group(self.name), [mesh.topic("agent.tool_called")]
+        )
+        self.consumer = EventConsumer(
+            self.kafka,
+            self.telemetry,
+            dead_letters=mesh.producer,
+            guard=IdempotencyGuard(
+                mesh.redis,
+                namespace=Keys(mesh.namespace).guard(self.name),
+                lease_s=settings.lease_s,
+            ),
+            topic_prefix=mesh.namespace,
+            grace_s=settings.grace_s,
+        )
+
+    async def start(self) -> None:
+        topics = [self.mesh.topic("agent.requested"), self.mesh.topic("agent.completed")]
+        await self.mesh.producer.warm(topics)
+        await self.mesh.redis.ping()
+        await self._template()  # Memcached warm (or found down, and served from the source)
+        await self.consumer.join()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.consumer.run(self.handle, stop)
+
+    async def close(self) -> None:
+        await self.kafka.close()
+        self.telemetry.shutdown()
+
+    async def _template(self) -> str:
+        async def source() -> bytes:
+            return TEMPLATES[_TEMPLATE].encode()
+
+        return (await self.cache.get(f"template:{_TEMPLATE}", source)).decode()
+
+    async def handle(self, incoming: Incoming) -> bytes:
+        """Adds one tool result to its step; the result that completes the step ends or
+        continues the run (see the package doc)."""
+        called = incoming.event
+        assert isinstance(called, events_pb2.ToolCalled)
+        tenant = called.tenant_id or self.mesh.settings.tenant
+        step = called.step
+        results = await self.store.record_result(
+            tenant, called.run_id, step, called.result, called.step_tool_count
+        )
+        if results is None:
+            return b"gathered"
+        run = await self.store.get(tenant, called.run_id)
+        if run is None:
+            log.warning("run %s is unknown (expired?); its step is dropped", called.run_id)
+            return b"unknown"
+        if run.status in TERMINAL:
+            return b"ended"
+        reason = await self.store.cancel_reason(tenant, run.run_id)
+        if reason is not None:
+            await self.ender.cancel(run, step, reason)
+            return b"cancelled"
+        failed = [r for r in results if r.status != types_pb2.TOOL_CALL_STATUS_SUCCEEDED]
+        if failed:
+            await self.ender.fail(run, step, _failures(failed))
+            return b"failed"
+        composition = await self.model.compose(
+            ComposeRequest(
+                prompt=run.prompt,
+                step=step,
+                max_steps=run.limits.max_steps,
+                results=results,
+                template=await self._template(),
+                memory=await self.store.memory(tenant, run.conversation_id),
+            )
+        )
+        if composition.next_step and step + 1 < run.limits.max_steps:
+            await self.store.add_usage(tenant, run.run_id, f"compose:{step}", composition.usage)
+            await self._continue(run, step, results)
+            return b"continued"
+        if composition.deltas is None:
+            await self.ender.fail(run, step, "the model gave neither an answer nor a next step")
+            return b"failed"
+
+        capture = await self.flags.enabled(CAPTURE_CONTENT)
+        span = trace.get_current_span()
+
+        async def charged(deltas: AsyncIterator[str]) -> AsyncIterator[str]:
+            pieces = []
+            async for piece in deltas:
+                pieces.append(piece)
+                yield piece
+            # The usage is final once the answer is drained: charge it before the end.
+            await self.store.add_usage(tenant, run.run_id, f"compose:{step}", composition.usage)
+            if capture:
+                span.set_attribute("agentflux.answer", "".join(pieces)[:4096])
+
+        await self.ender.answer(run, step, charged(composition.deltas))
+        return b"answered"
+
+    async def _continue(
+        self, run: types_pb2.Run, step: int, results: list[types_pb2.ToolResult]
+    ) -> None:
+        request = events_pb2.AgentRequested(
+            run_id=run.run_id,
+            tenant_id=run.tenant_id,
+            conversation_id=run.conversation_id,
+            prompt=run.prompt,
+            priority=run.priority,
+            step=step + 1,
+            limits=run.limits,
+            previous_results=results,
+            request_time=run.create_time,
+        )
+        await self.events.emit(request, idempotency_key=f"{run.run_id}:requested:{step + 1}")
+
+
+def _failures(failed: list[types_pb2.ToolResult]) -> str:
+    parts = []
+    for result in failed:
+        status = types_pb2.ToolCallStatus.Name(result.status).removeprefix("TOOL_CALL_STATUS_")
+        parts.append(f"{result.name} {status.lower()}: {result.error_message or 'no reason given'}")
+    return "; ".join(parts)

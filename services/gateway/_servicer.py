@@ -1,0 +1,249 @@
+"""`AgentGateway`: the RPCs of the public API over the shared run records.
+
+Every read is scoped to the caller's tenant: another tenant's run is NOT_FOUND, so
+nothing tells whether it exists. The run records are written by `RunStore` scripts
+before an RPC returns, so a caller reads what it wrote at once, from any gateway."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+import redis.exceptions
+from agentflux.v1 import (
+    events_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    index_pb2,
+    index_pb2_grpc,
+    types_pb2,
+)
+from confluent_kafka import KafkaException
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from interceptors import (
+    DeadlineExceeded,
+    EventProducer,
+    FailedPrecondition,
+    FluxContext,
+    FluxError,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    Unavailable,
+    bind,
+    current,
+)
+from services.gateway import _requests as req
+from services.runs import TERMINAL, RunStore, StreamGapError
+from services.runtime.config import Settings
+
+__all__ = ["AgentGateway"]
+
+# A blocking read waits this long for a run's next event, well inside the Redis
+# client's socket timeout; an idle stream costs one round trip per wait.
+STREAM_BLOCK_MS = 2_000
+SEARCH_TIMEOUT_S = 10.0
+MAX_QUERY_BYTES = 1024
+MAX_REASON_BYTES = 1024
+
+
+@contextmanager
+def _store_reachable() -> Iterator[None]:
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise Unavailable("the run store (Redis) is unreachable", retry_after=1.0) from exc
+
+
+class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
+    """The servicer (see the module doc and gateway.proto for the contract)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: RunStore,
+        streams: RunStore,
+        events: EventProducer,
+        index: index_pb2_grpc.ResponseIndexServiceAsyncStub,
+    ) -> None:
+        self.settings = settings
+        self.store = store  # unary calls
+        self.streams = streams  # StreamRun: its own pool, one connection per open stream
+        self.events = events
+        self.index = index
+
+    def _tenant(self) -> str:
+        ctx = current()
+        return ctx.tenant_id if ctx is not None and ctx.tenant_id else self.settings.tenant
+
+    async def Submit(  # noqa: N802 - generated servicer method names
+        self, request: gateway_pb2.SubmitRequest, context: Any
+    ) -> gateway_pb2.SubmitResponse:
+        run = req.new_run(request, self._tenant(), self.settings)
+        with _store_reachable():
+            try:
+                run, new = await self.store.create(run, request.request_id)
+            except LookupError:
+                raise FailedPrecondition(
+                    f"request_id {request.request_id} started a run that no longer exists; "
+                    "submit with a new request_id",
+                    reason="RUN_EXPIRED",
+                ) from None
+            # Emitted again for a retry that finds the run still PENDING: the first call
+            # may have died before Kafka had the record. The planner dedupes on the
+            # idempotency key, so a second copy of a delivered request does nothing.
+            if new or run.status == types_pb2.RUN_STATUS_PENDING:
+                await self._request(run)
+        return gateway_pb2.SubmitResponse(run=run)
+
+    async def _request(self, run: types_pb2.Run) -> None:
+        event = events_pb2.AgentRequested(
+            run_id=run.run_id,
+            tenant_id=run.tenant_id,
+            conversation_id=run.conversation_id,
+            prompt=run.prompt,
+            priority=run.priority,
+            step=0,
+            limits=run.limits,
+            request_time=run.create_time,
+        )
+        ctx = current() or FluxContext.new()
+        with bind(ctx.with_(tenant_id=run.tenant_id, run_id=run.run_id)):
+            try:
+                await self.events.emit(event, idempotency_key=f"{run.run_id}:requested")
+            except (KafkaException, RuntimeError) as exc:
+                # Nothing will pick the run up: end it, so no one waits for it.
+                why = "the gateway could not queue the run (Kafka refused it)"
+                await self.store.finish(
+                    run.tenant_id, run.run_id, types_pb2.RUN_STATUS_FAILED, error=why
+                )
+                raise Unavailable(f"{why}; submit it again", retry_after=1.0) from exc
+
+    async def StreamRun(  # noqa: N802
+        self, request: gateway_pb2.StreamRunRequest, context: Any
+    ) -> AsyncIterator[gateway_pb2.StreamRunResponse]:
+        tenant = self._tenant()
+        run_id = req.required_id("run_id", request.run_id)
+        after = req.checked_after(request.after_event_id)
+        with _store_reachable():
+            if not await self.streams.events_exist(tenant, run_id):
+                raise self._no_events(await self.streams.get(tenant, run_id), run_id)
+            block: int | None = None  # the first read never waits: see below
+            while True:
+                try:
+                    batch = await self.streams.read_events(tenant, run_id, after, block_ms=block)
+                except StreamGapError:
+                    raise OutOfRange(
+                        f"after_event_id {after} is not an event of run {run_id}",
+                        metadata={"run_id": run_id},
+                    ) from None
+                block = STREAM_BLOCK_MS
+                if not batch:
+                    # A client resuming after `finished` waits for nothing: once the run
+                    # ended, one last read returns what is left, and the stream ends.
+                    run = await self.streams.get(tenant, run_id)
+                    if run is None or run.status in TERMINAL:
+                        batch = await self.streams.read_events(tenant, run_id, after)
+                        if not batch:
+                            if run is None:
+                                raise self._no_events(None, run_id)
+                            return
+                for event in batch:
+                    yield event
+                    if event.WhichOneof("event") == "finished":
+                        return
+                after = batch[-1].event_id
+
+    def _no_events(self, run: types_pb2.Run | None, run_id: str) -> NotFound:
+        if run is None:
+            return NotFound(f"no run {run_id}", metadata={"run_id": run_id})
+        return NotFound(
+            f"the events of run {run_id} expired (they are kept "
+            f"{self.settings.stream_retention_s} s after the run ends); GetRun still returns it",
+            reason="EVENTS_EXPIRED",
+            metadata={"run_id": run_id},
+        )
+
+    async def GetRun(  # noqa: N802
+        self, request: gateway_pb2.GetRunRequest, context: Any
+    ) -> gateway_pb2.GetRunResponse:
+        run_id = req.required_id("run_id", request.run_id)
+        with _store_reachable():
+            run = await self.store.get(self._tenant(), run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id}", metadata={"run_id": run_id})
+        return gateway_pb2.GetRunResponse(run=run)
+
+    async def ListRuns(  # noqa: N802
+        self, request: gateway_pb2.ListRunsRequest, context: Any
+    ) -> gateway_pb2.ListRunsResponse:
+        size = req.page_size(request.page_size, default=20)
+        cursor = req.decode_page_token(request.page_token)
+        status = req.checked_status(request.status)
+        with _store_reachable():
+            runs, following = await self.store.list_runs(
+                self._tenant(), page_size=size, after=cursor, status=status
+            )
+        return gateway_pb2.ListRunsResponse(
+            runs=runs, next_page_token=req.encode_page_token(following)
+        )
+
+    async def CancelRun(  # noqa: N802
+        self, request: gateway_pb2.CancelRunRequest, context: Any
+    ) -> gateway_pb2.CancelRunResponse:
+        run_id = req.required_id("run_id", request.run_id)
+        reason = request.reason.strip() or "cancelled by the caller"
+        if len(reason.encode("utf-8")) > MAX_REASON_BYTES:
+            raise InvalidArgument("reason", f"at most {MAX_REASON_BYTES} bytes (UTF-8)")
+        with _store_reachable():
+            run = await self.store.request_cancel(self._tenant(), run_id, reason)
+        if run is None:
+            raise NotFound(f"no run {run_id}", metadata={"run_id": run_id})
+        return gateway_pb2.CancelRunResponse(run=run)
+
+    async def SearchResponses(  # noqa: N802
+        self, request: gateway_pb2.SearchResponsesRequest, context: Any
+    ) -> gateway_pb2.SearchResponsesResponse:
+        query = req.required_text("query", request.query, MAX_QUERY_BYTES)
+        search = index_pb2.SearchIndexRequest(
+            tenant_id=self._tenant(),
+            query=query,
+            page_size=req.page_size(request.page_size, default=10),
+            page_token=request.page_token,
+        )
+        try:
+            got = await self.index.SearchIndex(search, timeout=SEARCH_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise self._index_error(exc) from None
+        return gateway_pb2.SearchResponsesResponse(
+            results=got.results, next_page_token=got.next_page_token
+        )
+
+    def _index_error(self, exc: grpc.aio.AioRpcError) -> FluxError:
+        code, details = exc.code(), exc.details() or ""
+        where = f"the response index ({self.settings.indexer_target})"
+        if code is grpc.StatusCode.UNAVAILABLE:
+            return Unavailable(f"{where} is unreachable: {details}", retry_after=1.0)
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return DeadlineExceeded(f"{where} did not answer in time")
+        if code is grpc.StatusCode.INVALID_ARGUMENT:
+            return InvalidArgument(_violated_field(exc) or "page_token", details)
+        return FluxError(f"{where} failed: {code.name}")
+
+
+def _violated_field(exc: grpc.aio.AioRpcError) -> str:
+    """The first field a BadRequest detail of `exc` names, if any."""
+    try:
+        status = rpc_status.from_call(exc)
+    except ValueError:
+        return ""
+    for detail in status.details if status is not None else ():
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad) and bad.field_violations:
+            return str(bad.field_violations[0].field)
+    return ""

@@ -1,0 +1,229 @@
+"""The planner service (see the package doc)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from agentflux.v1 import events_pb2, gateway_pb2, tasks_pb2, types_pb2
+from google.protobuf import duration_pb2, struct_pb2
+from opentelemetry import trace
+
+from interceptors import (
+    EventConsumer,
+    EventProducer,
+    IdempotencyGuard,
+    Incoming,
+    TaskPublisher,
+    Telemetry,
+)
+from services.models import ModelProvider, PlannedCall, PlanRequest, ToolOffer, provider
+from services.runs import RunEnder, RunStore
+from services.runtime.adapters.kafka import KafkaConsumer
+from services.runtime.cache import ReadThroughCache
+from services.runtime.flags import FeatureFlags
+from services.runtime.keys import Keys
+from services.runtime.mesh import Mesh, Service
+from services.tools import ToolRegistry
+
+__all__ = ["CAPTURE_CONTENT", "PlannerService"]
+
+log = logging.getLogger(__name__)
+
+# Feature flag: prompts and answers as span attributes. Off by default, since they may
+# hold personal data that a trace backend should not keep.
+CAPTURE_CONTENT = "capture_content"
+
+
+class PlannerService(Service):
+    """Plans steps of runs (see the package doc)."""
+
+    name = "planner"
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        *,
+        model: ModelProvider | None = None,
+        tools: ToolRegistry | None = None,
+    ) -> None:
+        super().__init__(mesh)
+        settings = mesh.settings
+        self.model = model or provider(settings)
+        self.tools = tools or ToolRegistry.load(settings)
+        self.telemetry = Telemetry.create(
+            "planner", span_store=settings.span_store_dir, otlp_endpoint=settings.otlp_endpoint
+        )
+        self.store = RunStore(
+            mesh.redis,
+            namespace=mesh.namespace,
+            run_ttl_s=settings.run_retention_s,
+            stream_ttl_s=settings.stream_retention_s,
+            request_ttl_s=settings.request_id_ttl_s,
+        )
+        source = "/agentflux/planner"
+        events = EventProducer(
+            mesh.producer, self.telemetry, source=source, topic_prefix=mesh.namespace
+        )
+        self.ender = RunEnder(self.store, events)
+        self.kafka = KafkaConsumer(settings, mesh.group(self.name), [mesh.topic("agent.requested")])
+        self.consumer = EventConsumer(
+            self.kafka,
+            self.telemetry,
+            dead_letters=mesh.producer,
+            guard=IdempotencyGuard(
+                mesh.redis,
+                namespace=Keys(mesh.namespace).guard(self.name),
+                lease_s=settings.lease_s,
+            ),
+            topic_prefix=mesh.namespace,
+            grace_s=settings.grace_s,
+        )
+        self.tasks: TaskPublisher | None = None
+        cache = ReadThroughCache(
+            mesh.memcached, namespace=mesh.namespace, ttl_s=settings.cache_ttl_s
+        )
+        self.flags = FeatureFlags(cache, settings)
+
+    async def start(self) -> None:
+        rabbit = await self.mesh.rabbit()
+        self.tasks = TaskPublisher(
+            rabbit, self.telemetry, source="/agentflux/planner", name_prefix=self.mesh.namespace
+        )
+        await self.mesh.producer.warm([self.mesh.topic("agent.completed")])
+        await self.mesh.redis.ping()
+        await self.consumer.join()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.consumer.run(self.handle, stop)
+
+    async def close(self) -> None:
+        await self.kafka.close()
+        self.telemetry.shutdown()
+
+    async def handle(self, incoming: Incoming) -> bytes:
+        """Plans the step `incoming` requests (see the package doc)."""
+        request = incoming.event
+        assert isinstance(request, events_pb2.AgentRequested)
+        tenant = request.tenant_id or self.mesh.settings.tenant
+        run = await self.store.get(tenant, request.run_id)
+        if run is None:
+            log.warning("run %s of tenant %s is unknown; not planned", request.run_id, tenant)
+            return b"unknown"
+        step = request.step
+        if await self.flags.enabled(CAPTURE_CONTENT):
+            trace.get_current_span().set_attribute("agentflux.prompt", run.prompt[:4096])
+        reason = await self.store.cancel_reason(tenant, run.run_id)
+        if reason is not None:
+            await self.ender.cancel(run, step, reason)
+            return b"cancelled"
+        if not await self.store.set_running(tenant, run.run_id, step):
+            return b"ended"  # a redelivery of a request whose run already ended
+        limits = run.limits
+        if step >= limits.max_steps:
+            await self.ender.fail(run, step - 1, _over_steps(limits))
+            return b"failed"
+        plan = await self.model.plan(
+            PlanRequest(
+                prompt=run.prompt,
+                step=step,
+                tools=self._offers(),
+                previous_results=list(request.previous_results),
+                memory=await self.store.memory(tenant, run.conversation_id),
+                session=await self.store.session(tenant, run.conversation_id),
+            )
+        )
+        await self.store.add_usage(tenant, run.run_id, f"plan:{step}", plan.usage)
+        calls = [self._call(run.run_id, step, i, c) for i, c in enumerate(plan.calls)]
+        await self.store.append_once(
+            tenant,
+            run.run_id,
+            f"planned:{step}",
+            gateway_pb2.StreamRunResponse(
+                planned=gateway_pb2.RunPlanned(step=step, tool_calls=calls)
+            ),
+        )
+        if not calls:
+            await self.ender.answer(run, step, _pieces(plan.answer))
+            return b"answered"
+        problem = await self._over_bounds(run, step, calls)
+        if problem:
+            await self.ender.fail(run, step, problem)
+            return b"failed"
+        await asyncio.gather(
+            *(self._publish(run, request, step, call, len(calls)) for call in calls)
+        )
+        return b"planned"
+
+    def _offers(self) -> list[ToolOffer]:
+        return [ToolOffer(s.name, s.description, s.schema) for s in self.tools.specs()]
+
+    @staticmethod
+    def _call(run_id: str, step: int, index: int, planned: PlannedCall) -> types_pb2.ToolCall:
+        arguments = struct_pb2.Struct()
+        arguments.update(dict(planned.arguments))
+        return types_pb2.ToolCall(
+            # Zero-padded: ids sort as strings in step order (the composer sorts them).
+            tool_call_id=f"{run_id}.{step}.{index:03d}",
+            name=planned.name,
+            arguments=arguments,
+            step=step,
+        )
+
+    async def _over_bounds(
+        self, run: types_pb2.Run, step: int, calls: list[types_pb2.ToolCall]
+    ) -> str:
+        limits = run.limits
+        if len(calls) > limits.max_tools_per_step:
+            return (
+                f"step {step} planned {len(calls)} tool calls; the run allows "
+                f"{limits.max_tools_per_step} per step (limits.max_tools_per_step)"
+            )
+        (total,) = await self.store.add_once(
+            run.tenant_id, run.run_id, f"calls:{step}", calls=len(calls)
+        ) or [len(calls)]
+        if total > limits.max_tool_calls:
+            return (
+                f"the run planned {total} tool calls in all; it allows "
+                f"{limits.max_tool_calls} (limits.max_tool_calls)"
+            )
+        return ""
+
+    async def _publish(
+        self,
+        run: types_pb2.Run,
+        request: events_pb2.AgentRequested,
+        step: int,
+        call: types_pb2.ToolCall,
+        count: int,
+    ) -> None:
+        assert self.tasks is not None
+        settings = self.mesh.settings
+        spec = self.tools.get(call.name) if call.name in self.tools.names() else None
+        timeout = spec.spec.timeout_s if spec is not None else settings.tool_timeout_s
+        task = tasks_pb2.ToolTask(
+            run_id=run.run_id,
+            tenant_id=run.tenant_id,
+            conversation_id=run.conversation_id,
+            step=step,
+            step_tool_count=count,
+            call=call,
+            priority=run.priority,
+            attempt=1,
+            max_attempts=1 + len(settings.tool_task_retry_delays_ms),
+            timeout=duration_pb2.Duration(seconds=int(timeout), nanos=int((timeout % 1) * 1e9)),
+        )
+        await self.tasks.publish(task, idempotency_key=f"{call.tool_call_id}:task")
+
+
+def _over_steps(limits: types_pb2.RunLimits) -> str:
+    return f"the run used its {limits.max_steps} planning steps (limits.max_steps)"
+
+
+async def _pieces(text: str, words: int = 4) -> AsyncIterator[str]:
+    """A direct answer streamed in pieces of a few words, as a model would."""
+    parts = text.split(" ")
+    for i in range(0, len(parts), words):
+        chunk = " ".join(parts[i : i + words])
+        yield chunk if i + words >= len(parts) else chunk + " "

@@ -1,0 +1,87 @@
+"""How a run ends, the same way whichever service ends it.
+
+The planner ends a run it can answer directly (or one that broke its bounds, or was
+cancelled before planning); the composer ends the others. Either way: the answer's
+pieces go into the run's stream (each at most once, so a redelivery never duplicates
+text), the run record takes its terminal state with the `finished` event (once; a
+requested cancellation wins), the conversation's session is updated, and
+`AgentCompleted` is emitted from the stored run, so the stream, `GetRun` and the
+event agree. The emission happens on every attempt, even when an earlier attempt
+already ended the run: a crash between the two must not leave the projections (the
+response store, the index) without the event; downstream dedupes it by its
+idempotency key."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from agentflux.v1 import events_pb2, gateway_pb2, types_pb2
+
+from interceptors import EventProducer
+from services.runs._store import Finished, RunStore, completion_of
+
+__all__ = ["RunEnder"]
+
+log = logging.getLogger(__name__)
+
+
+class RunEnder:
+    """Ends runs (see the module doc)."""
+
+    def __init__(self, store: RunStore, events: EventProducer) -> None:
+        self.store = store
+        self.events = events
+
+    async def answer(
+        self, run: types_pb2.Run, step: int, deltas: AsyncIterator[str]
+    ) -> Finished | None:
+        """Streams the answer's pieces, then ends the run COMPLETED with their text."""
+        pieces: list[str] = []
+        async for piece in deltas:
+            index = len(pieces)
+            pieces.append(piece)
+            event = gateway_pb2.StreamRunResponse(answer_delta=gateway_pb2.AnswerDelta(text=piece))
+            await self.store.append_once(run.tenant_id, run.run_id, f"delta:{index}", event)
+        answer = types_pb2.Answer(text="".join(pieces))
+        return await self._end(run, types_pb2.RUN_STATUS_COMPLETED, step, answer=answer)
+
+    async def fail(self, run: types_pb2.Run, step: int, error: str) -> Finished | None:
+        """Ends the run FAILED with `error` (what a user should read)."""
+        return await self._end(run, types_pb2.RUN_STATUS_FAILED, step, error=error)
+
+    async def cancel(self, run: types_pb2.Run, step: int, reason: str) -> Finished | None:
+        """Ends the run CANCELLED (its cancellation was requested)."""
+        return await self._end(run, types_pb2.RUN_STATUS_CANCELLED, step, error=reason)
+
+    async def _end(
+        self,
+        run: types_pb2.Run,
+        status: int,
+        step: int,
+        *,
+        answer: types_pb2.Answer | None = None,
+        error: str = "",
+    ) -> Finished | None:
+        finished = await self.store.finish(
+            run.tenant_id, run.run_id, status, answer=answer, error=error, steps=step + 1
+        )
+        if finished is None:
+            log.warning("run %s is unknown (expired?); nothing to end", run.run_id)
+            return None
+        ended = finished.run
+        await self.store.note_turn(ended)
+        completed = events_pb2.AgentCompleted(
+            run_id=ended.run_id,
+            tenant_id=ended.tenant_id,
+            conversation_id=ended.conversation_id,
+            status=completion_of(ended.status),
+            answer=ended.answer if ended.status == types_pb2.RUN_STATUS_COMPLETED else None,
+            usage=ended.usage,
+            error_message=ended.error_message,
+            step_count=ended.step_count,
+            prompt=ended.prompt,
+            complete_time=ended.update_time,
+        )
+        await self.events.emit(completed, idempotency_key=f"{ended.run_id}:completed")
+        return finished

@@ -1,0 +1,322 @@
+"""The worker service (see the package doc)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from dataclasses import replace
+from typing import Any, cast
+
+import grpc
+from agentflux.v1 import (
+    events_pb2,
+    gateway_pb2,
+    index_pb2,
+    index_pb2_grpc,
+    tasks_pb2,
+    types_pb2,
+)
+from google.protobuf import duration_pb2, json_format, struct_pb2
+
+from interceptors import (
+    EventProducer,
+    FluxError,
+    IdempotencyGuard,
+    Incoming,
+    TaskConsumer,
+    Telemetry,
+    Unavailable,
+    client_interceptors,
+)
+from services.runs import RunStore
+from services.runtime.cache import ReadThroughCache
+from services.runtime.keys import Keys
+from services.runtime.locks import FencedLock
+from services.runtime.mesh import Mesh, Service
+from services.runtime.topology import task_topology
+from services.tools import JSON, ToolContext, ToolError, ToolRegistry, ToolSpec
+
+__all__ = ["WorkerService"]
+
+log = logging.getLogger(__name__)
+
+_FAILED = types_pb2.TOOL_CALL_STATUS_FAILED
+_TIMED_OUT = types_pb2.TOOL_CALL_STATUS_TIMED_OUT
+
+
+class _Failed(Exception):  # noqa: N818 - an outcome of a tool call, not an error of ours
+    """A tool call that did not produce an output, with the status it ends in."""
+
+    def __init__(self, status: int, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+
+
+class WorkerService(Service):
+    """Runs tool tasks (see the package doc)."""
+
+    name = "worker"
+
+    def __init__(self, mesh: Mesh, *, tools: ToolRegistry | None = None) -> None:
+        super().__init__(mesh)
+        settings = mesh.settings
+        self.tools = tools or ToolRegistry.load(settings)
+        self.keys = Keys(mesh.namespace)
+        self.telemetry = Telemetry.create(
+            "worker", span_store=settings.span_store_dir, otlp_endpoint=settings.otlp_endpoint
+        )
+        self.store = RunStore(
+            mesh.redis,
+            namespace=mesh.namespace,
+            run_ttl_s=settings.run_retention_s,
+            stream_ttl_s=settings.stream_retention_s,
+        )
+        self.events = EventProducer(
+            mesh.producer, self.telemetry, source="/agentflux/worker", topic_prefix=mesh.namespace
+        )
+        self.cache = ReadThroughCache(
+            mesh.memcached, namespace=mesh.namespace, ttl_s=settings.cache_ttl_s
+        )
+        self.locks = FencedLock(mesh.redis, namespace=mesh.namespace)
+        self.max_attempts = 1 + len(settings.tool_task_retry_delays_ms)
+        self.consumer: TaskConsumer | None = None
+        self._index: grpc.aio.Channel | None = None
+
+    async def start(self) -> None:
+        mesh = self.mesh
+        contract = mesh.contracts.task(tasks_pb2.ToolTask)
+        self.consumer = TaskConsumer(
+            await mesh.rabbit(),
+            self.telemetry,
+            contract,
+            topology=task_topology(mesh.settings, contract, mesh.namespace),
+            guard=IdempotencyGuard(
+                mesh.redis, namespace=self.keys.guard(self.name), lease_s=mesh.settings.lease_s
+            ),
+            prefetch=mesh.settings.worker_prefetch,
+            max_attempts=self.max_attempts,
+            grace_s=mesh.settings.grace_s,
+        )
+        self._index = grpc.aio.insecure_channel(
+            mesh.settings.indexer_target, interceptors=client_interceptors(self.telemetry)
+        )
+        await mesh.producer.warm([mesh.topic("agent.tool_called")])
+        await mesh.redis.ping()
+        for spec in self.tools.specs():  # Memcached warm (or found down, and skipped)
+            await self._metadata(spec)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        assert self.consumer is not None
+        await self.consumer.run(self.handle, stop)
+
+    async def close(self) -> None:
+        if self._index is not None:
+            await self._index.close()
+        self.telemetry.shutdown()
+
+    async def handle(self, incoming: Incoming) -> bytes:
+        """Runs one tool task (see the package doc)."""
+        task = incoming.event
+        assert isinstance(task, tasks_pb2.ToolTask)
+        tenant = task.tenant_id or self.mesh.settings.tenant
+        call = task.call
+        record = self.keys.result(tenant, task.run_id, call.tool_call_id)
+        recorded = cast("bytes | None", await self.mesh.redis.get(record))
+        if recorded is not None:
+            await self._emit(task, types_pb2.ToolResult.FromString(recorded))
+            return recorded
+        reason = await self.store.cancel_reason(tenant, task.run_id)
+        if reason is not None:
+            cancelled = types_pb2.ToolResult(
+                tool_call_id=call.tool_call_id,
+                name=call.name,
+                status=types_pb2.TOOL_CALL_STATUS_CANCELLED,
+                error_message=f"not run: the run was cancelled ({reason})",
+            )
+            return await self._settle(task, tenant, record, cancelled)
+        await self.store.append_once(
+            tenant,
+            task.run_id,
+            f"started:{call.tool_call_id}:{incoming.attempt}",
+            gateway_pb2.StreamRunResponse(
+                tool_started=gateway_pb2.ToolStarted(call=call, attempt=incoming.attempt)
+            ),
+        )
+        began = time.monotonic()
+        result = types_pb2.ToolResult(
+            tool_call_id=call.tool_call_id, name=call.name, attempts=incoming.attempt
+        )
+        try:
+            output = await self._run(task, tenant, incoming.attempt, result)
+        except _Failed as failed:
+            last = incoming.attempt >= self.max_attempts
+            if failed.retryable and not last:
+                raise Unavailable(f"{call.name}: {failed}") from failed  # the next tier
+            result.status = failed.status  # type: ignore[assignment]
+            result.error_message = str(failed)
+            result.duration.CopyFrom(_duration(time.monotonic() - began))
+            await self._settle(task, tenant, record, result)
+            # The run ends with this result; the task itself goes to the dead letters.
+            raise FluxError(
+                f"{call.name}: {failed}",
+                reason="RETRIES_EXHAUSTED" if failed.retryable else "TOOL_FAILED",
+                retryable=False,
+            ) from failed
+        result.status = types_pb2.TOOL_CALL_STATUS_SUCCEEDED
+        json_format.ParseDict({"v": output}, wrapper := struct_pb2.Struct())
+        result.output.CopyFrom(wrapper.fields["v"])
+        result.duration.CopyFrom(_duration(time.monotonic() - began))
+        return await self._settle(task, tenant, record, result)
+
+    async def _run(
+        self, task: tasks_pb2.ToolTask, tenant: str, attempt: int, result: types_pb2.ToolResult
+    ) -> JSON:
+        call = task.call
+        if call.name not in self.tools.names():
+            known = ", ".join(sorted(self.tools.names()))
+            raise _Failed(_FAILED, f"no tool named {call.name!r} (known: {known})", retryable=False)
+        tool = self.tools.get(call.name)
+        args = _plain(json_format.MessageToDict(call.arguments))
+        try:
+            self.tools.validate(call.name, args)
+        except ToolError as bad:
+            raise _Failed(_FAILED, str(bad), retryable=False) from bad
+        meta = await self._metadata(tool.spec)
+        timeout = float(meta["timeout_s"])
+        if task.HasField("timeout") and task.timeout.ToTimedelta().total_seconds() > 0:
+            timeout = min(timeout, task.timeout.ToTimedelta().total_seconds())
+        artifact = None
+        if meta["cacheable"] and not meta["side_effects"]:
+            digest = hashlib.sha256(
+                (
+                    call.name + "\n" + json.dumps(args, sort_keys=True, separators=(",", ":"))
+                ).encode()
+            ).hexdigest()
+            result.artifact_key = digest
+            artifact = self.keys.artifact(tenant, digest)
+            cached = cast("bytes | None", await self.mesh.redis.get(artifact))
+            if cached is not None:
+                return json.loads(cached)
+        ctx = ToolContext(
+            tenant_id=tenant,
+            run_id=task.run_id,
+            conversation_id=task.conversation_id,
+            tool_call_id=call.tool_call_id,
+            idempotency_key=f"{task.run_id}:{call.tool_call_id}",
+            attempt=attempt,
+            settings=self.mesh.settings,
+            redis=self.mesh.redis,
+            namespace=self.mesh.namespace,
+            search=self._search,
+        )
+        if meta["exclusive"]:
+            # One call at a time across every worker; the token lets the resource refuse
+            # a holder whose lease expired while it was paused.
+            name = f"tool:{call.name}"
+            async with self.locks.hold(name, lease_s=timeout + 5, wait_s=timeout) as lease:
+                ctx = replace(ctx, fencing_token=lease.token)
+                output = await self._call(tool, args, ctx, timeout)
+        else:
+            output = await self._call(tool, args, ctx, timeout)
+        if artifact is not None:
+            ttl = self.mesh.settings.run_retention_s
+            await self.mesh.redis.set(artifact, json.dumps(output), ex=ttl)
+        return output
+
+    @staticmethod
+    async def _call(tool: Any, args: dict[str, Any], ctx: ToolContext, timeout: float) -> JSON:
+        try:
+            return await asyncio.wait_for(tool(args, ctx), timeout)
+        except TimeoutError as late:
+            raise _Failed(
+                _TIMED_OUT, f"did not finish within {timeout:g} s", retryable=True
+            ) from late
+        except ToolError as failed:
+            raise _Failed(_FAILED, str(failed), retryable=failed.retryable) from failed
+
+    async def _metadata(self, spec: ToolSpec) -> dict[str, Any]:
+        """A tool's metadata, read through Memcached (the registry is the source)."""
+
+        async def source() -> bytes:
+            return json.dumps(
+                {
+                    "timeout_s": spec.timeout_s,
+                    "side_effects": spec.side_effects,
+                    "exclusive": spec.exclusive,
+                    "cacheable": spec.cacheable,
+                }
+            ).encode()
+
+        meta: dict[str, Any] = json.loads(await self.cache.get(f"tool:{spec.name}", source))
+        return meta
+
+    async def _search(self, tenant: str, query: str, limit: int) -> list[dict[str, Any]]:
+        assert self._index is not None
+        stub = index_pb2_grpc.ResponseIndexServiceStub(self._index)
+        try:
+            found = await stub.SearchIndex(
+                index_pb2.SearchIndexRequest(tenant_id=tenant, query=query, page_size=limit),
+                timeout=5,
+            )
+        except grpc.aio.AioRpcError as exc:
+            retry = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            raise ToolError(f"the response index: {exc.details()}", retryable=retry) from exc
+        return [
+            {
+                "run_id": r.run_id,
+                "conversation_id": r.conversation_id,
+                "prompt": r.prompt,
+                "snippet": r.snippet,
+                "score": r.score,
+            }
+            for r in found.results
+        ]
+
+    async def _settle(
+        self, task: tasks_pb2.ToolTask, tenant: str, record: str, result: types_pb2.ToolResult
+    ) -> bytes:
+        data = result.SerializeToString()
+        # Recorded before the emit: a crash after this re-emits the result, never re-runs.
+        await self.mesh.redis.set(record, data, ex=self.mesh.settings.run_retention_s)
+        await self.store.append_once(
+            tenant,
+            task.run_id,
+            f"finished:{result.tool_call_id}",
+            gateway_pb2.StreamRunResponse(tool_finished=gateway_pb2.ToolFinished(result=result)),
+        )
+        await self._emit(task, result)
+        return data
+
+    async def _emit(self, task: tasks_pb2.ToolTask, result: types_pb2.ToolResult) -> None:
+        called = events_pb2.ToolCalled(
+            run_id=task.run_id,
+            tenant_id=task.tenant_id,
+            conversation_id=task.conversation_id,
+            step=task.step,
+            step_tool_count=task.step_tool_count,
+            call=task.call,
+            result=result,
+        )
+        await self.events.emit(called, idempotency_key=f"{task.call.tool_call_id}:called")
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    out = duration_pb2.Duration()
+    out.FromNanoseconds(int(seconds * 1e9))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Struct numbers are doubles: an integral one becomes an int again (a `limit` of
+    5 arrives as 5.0, which `range()` and most tools do not take)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
