@@ -9,10 +9,13 @@ BIN := $(VENV)/bin
 # Tools (buf, grpc_tools, ruff, mypy, pytest) come from the project's own venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 STAMP := $(VENV)/.installed
+# Command-line tools the tests drive as a user would, installed from the Go module proxy.
+TOOLS := .tools/bin
+GRPCURL_VERSION := v1.9.4
 BASELINE := proto/published/agentflux-v1.binpb
 TYPED := services $(wildcard interceptors)
 
-.PHONY: help venv gen gen-check publish-contract lint fmt typecheck stack-up stack-down stack-status demo test test-unit test-integration bench bench-hops bench-guard bench-consumers clean
+.PHONY: help venv tools gen gen-check publish-contract lint fmt typecheck stack-up stack-down stack-status demo test test-unit test-integration bench bench-hops bench-guard bench-consumers clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -24,6 +27,11 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 venv: $(STAMP) ## Create .venv and install agentflux with its dev extras
+
+$(TOOLS)/grpcurl:
+	GOBIN=$(CURDIR)/$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+
+tools: $(TOOLS)/grpcurl ## Install the CLI tools the tests use (grpcurl) into .tools/bin
 
 gen: $(STAMP) ## Regenerate gen/python from proto/
 	buf format -w
@@ -61,10 +69,10 @@ stack-down: $(STAMP) ## Stop what `stack up` started (data is kept; add ARGS=--w
 stack-status: $(STAMP) ## Show each local service and its port
 	agentflux stack status
 
-demo: stack-up ## Start the stack, run one request through Kafka, RabbitMQ, Redis and Memcached, print its trace
+demo: stack-up ## Start the stack and the mesh, ask questions that use every tool, print a trace
 	agentflux demo
 
-test: stack-up gen-check lint ## Everything CI runs: stack, contract checks, lint, types, all tests
+test: stack-up tools gen-check lint ## Everything CI runs: stack, contract checks, lint, types, all tests
 	@rc=0; pytest || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; fi; \
 	exit $$rc

@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Tracer
 
 from interceptors._spanstore import JsonLinesSpanExporter
+from services.runtime.config import Settings
 
 __all__ = ["RoutingTracerProvider", "Telemetry", "serving"]
 
@@ -43,24 +44,44 @@ class Telemetry:
         otlp_endpoint: str = "",
         exporters: Sequence[SpanExporter] = (),
         batch_delay_ms: int = 500,
+        service_namespace: str = "",
     ) -> Telemetry:
         """A provider for `service` exporting to the local span store (when a folder
         is given), to an OTLP/gRPC collector (when an endpoint is given) and to any
         extra `exporters`, each through a BatchSpanProcessor: exporting never runs on
         the request path."""
-        provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        attributes = {"service.name": service}
+        if service_namespace:
+            attributes["service.namespace"] = service_namespace
+        # Resource.create also merges OTEL_RESOURCE_ATTRIBUTES, and TracerProvider reads
+        # OTEL_TRACES_SAMPLER(_ARG) when no sampler is given: the standard knobs work.
+        provider = TracerProvider(resource=Resource.create(attributes))
         targets: list[SpanExporter] = list(exporters)
         if span_store is not None:
             targets.append(JsonLinesSpanExporter(span_store))
         if otlp_endpoint:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-            targets.append(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True))
+            # A bare host:port or http:// is plaintext; https:// uses TLS.
+            secure = otlp_endpoint.startswith("https://")
+            targets.append(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=not secure))
         for exporter in targets:
             provider.add_span_processor(
                 BatchSpanProcessor(exporter, schedule_delay_millis=batch_delay_ms)
             )
         return cls(service, provider, provider.get_tracer(_SCOPE))
+
+    @classmethod
+    def for_service(cls, service: str, settings: Settings, **kw: Any) -> Telemetry:
+        """`create` with what the settings say: the span store, the OTLP collector
+        (`AGENTFLUX_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`) and the namespace."""
+        return cls.create(
+            service,
+            span_store=settings.span_store_dir,
+            otlp_endpoint=settings.otlp_endpoint,
+            service_namespace=settings.service_namespace,
+            **kw,
+        )
 
     def flush(self, timeout_ms: int = 5_000) -> bool:
         """Exports every finished span now (before exit, or before reading the store)."""

@@ -107,7 +107,7 @@ def config() -> None:
 
 @app.command("demo")
 def demo() -> None:
-    """Send one run through Kafka, RabbitMQ, Redis and Memcached, then print its trace."""
+    """Start the mesh, ask questions that use every tool, then print one run's trace."""
     from services.demo import run_demo
 
     settings = _settings()

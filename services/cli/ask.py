@@ -147,7 +147,7 @@ async def _ask(
     settings: Settings, request: gateway_pb2.SubmitRequest | None, view: View, got: Progress
 ) -> None:
     target = settings.gateway_target
-    telemetry = Telemetry.create("cli", span_store=settings.span_store_dir, batch_delay_ms=100)
+    telemetry = Telemetry.for_service("cli", settings, batch_delay_ms=100)
     try:
         interceptors = client_interceptors(telemetry)
         async with grpc.aio.insecure_channel(target, interceptors=interceptors) as channel:

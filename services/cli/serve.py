@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from interceptors import Telemetry, instrument_caches
 from services.composer import ComposerService
 from services.gateway import GatewayService
 from services.indexer import IndexerService
@@ -49,6 +50,8 @@ async def serve_forever(
     try:
         await mesh.declare()
         services = [SERVICES[name](mesh) for name in names]
+        # Redis and Memcached commands as spans of whichever service's work runs them.
+        instrument_caches(Telemetry.for_service("agentflux", settings))
         await asyncio.gather(*(s.start() for s in services))
         health_server, port = await _health(settings, names)
         namespace = settings.namespace or "-"

@@ -36,9 +36,7 @@ class ComposerService(Service):
         super().__init__(mesh)
         settings = mesh.settings
         self.model = model or provider(settings)
-        self.telemetry = Telemetry.create(
-            "composer", span_store=settings.span_store_dir, otlp_endpoint=settings.otlp_endpoint
-        )
+        self.telemetry = Telemetry.for_service("composer", settings)
         self.store = RunStore(
             mesh.redis,
             namespace=mesh.namespace,

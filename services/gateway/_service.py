@@ -51,9 +51,7 @@ class GatewayService(Service):
     def __init__(self, mesh: Mesh) -> None:
         super().__init__(mesh)
         settings = mesh.settings
-        self.telemetry = Telemetry.create(
-            "gateway", span_store=settings.span_store_dir, otlp_endpoint=settings.otlp_endpoint
-        )
+        self.telemetry = Telemetry.for_service("gateway", settings)
 
         def store(client: aioredis.Redis) -> RunStore:
             return RunStore(

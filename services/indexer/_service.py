@@ -66,9 +66,7 @@ class IndexerService(Service):
             lease_s=settings.lease_s,
         )
         self._own_telemetry = telemetry is None
-        self.telemetry = telemetry or Telemetry.create(
-            "indexer", span_store=settings.span_store_dir, otlp_endpoint=settings.otlp_endpoint
-        )
+        self.telemetry = telemetry or Telemetry.for_service("indexer", settings)
         self.store = IndexStore(self.path)
         self.projection = Projection(self.store)
         self.server = IndexServer(self.store, self.telemetry)

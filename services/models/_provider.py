@@ -2,8 +2,8 @@
 
 The planner asks it for a plan (`plan`): the tool calls of one step, or a direct answer
 when no tool is needed. The composer, once a step's results are in, asks it to compose
-(`compose`): either go on with another step (a continuation, within the run's step
-budget) or answer, streaming the text in pieces. Both report the tokens they spent, so
+(`compose`), with the earlier steps' results too: either go on with another step (a
+continuation, within the run's step budget) or answer, streaming the text in pieces. Both report the tokens they spent, so
 the run's usage (and, later, the tenant's budget) is charged from what the model says.
 """
 
@@ -74,6 +74,9 @@ class ComposeRequest:
     results: Sequence[types_pb2.ToolResult]  # this step's, in tool_call_id order
     template: str  # the prompt template the answer is composed from
     memory: Sequence[str] = ()
+    # The results of the run's earlier steps (0..step-1), by step, then tool_call_id, so
+    # an answer can report the whole run and not only its last step.
+    earlier_results: Sequence[types_pb2.ToolResult] = ()
 
 
 @dataclass

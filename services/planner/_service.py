@@ -52,9 +52,7 @@ class PlannerService(Service):
         settings = mesh.settings
         self.model = model or provider(settings)
         self.tools = tools or ToolRegistry.load(settings)
-        self.telemetry = Telemetry.create(
-            "planner", span_store=settings.span_store_dir, otlp_endpoint=settings.otlp_endpoint
-        )
+        self.telemetry = Telemetry.for_service("planner", settings)
         self.store = RunStore(
             mesh.redis,
             namespace=mesh.namespace,

@@ -21,6 +21,7 @@ TERMINAL = (
     types_pb2.RUN_STATUS_CANCELLED,
 )
 _EVENT_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_ID_PART_MAX = 2**64 - 1  # each part of a stream id is an unsigned 64-bit number
 
 _CREATE = """
 if ARGV[7] == '1' then
@@ -82,8 +83,11 @@ return tonumber(final)
 """
 
 # A step's results; the caller whose result completes the step (and the same caller
-# again, on a redelivery) gets them all, everyone else gets nothing.
+# again, on a redelivery) gets them all, everyone else gets nothing. A result of an
+# unknown (expired) run is dropped: its marker would otherwise create a run hash with
+# no TTL, which `get` would return as a run.
 _RECORD = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return false end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 if redis.call('HLEN', KEYS[1]) < tonumber(ARGV[3]) then return false end
@@ -109,8 +113,10 @@ return out
 """
 
 
-# A run's turn in its conversation's session, counted once.
+# A run's turn in its conversation's session, counted once (and never for an unknown
+# run, whose marker would create a run hash with no TTL).
 _TURN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HSETNX', KEYS[1], 'once:turn', 1) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[2], 'turns', 1)
 redis.call('HSET', KEYS[2], 'last_run', ARGV[1], 'last_status', ARGV[2])
@@ -213,34 +219,47 @@ class RunStore:
         """The tenant's runs, newest first, after the `(create ms, run id)` cursor;
         returns the page and the cursor of the next page (None on the last)."""
         key = self.keys.runs(tenant)
-        top = f"({after[0]}" if after else "+inf"
         out: list[types_pb2.Run] = []
-        if after:  # runs created in the same millisecond as the cursor, past it
-            same = cast(
-                "list[tuple[bytes, float]]",
-                await self.redis.zrevrangebyscore(key, after[0], after[0], withscores=True),
-            )
-            ids = [m.decode() for m, _ in same if m.decode() < after[1]]
-            out += await self._runs(tenant, sorted(ids, reverse=True), status)
+        cursor = after
         while len(out) <= page_size:
-            batch = cast(
-                "list[tuple[bytes, float]]",
-                await self.redis.zrevrangebyscore(
-                    key, top, "-inf", start=0, num=page_size * 2, withscores=True
-                ),
-            )
-            if not batch:
+            ids, cursor = await self._ids_after(key, cursor, page_size * 2)
+            if not ids:
                 break
-            ids = [m.decode() for m, _ in batch]
             out += await self._runs(tenant, ids, status)
-            top = f"({int(batch[-1][1])}"
-            if len(batch) < page_size * 2:
-                break
-        page, more = out[:page_size], len(out) > page_size
-        if not more or not page:
+        page = out[:page_size]
+        if len(out) <= page_size or not page:
             return page, None
         last = page[-1]
         return page, (last.create_time.ToMilliseconds(), last.run_id)
+
+    async def _ids_after(
+        self, key: str, cursor: tuple[int, str] | None, count: int
+    ) -> tuple[list[str], tuple[int, str] | None]:
+        """Run ids of the index past `cursor` in the index's order (creation ms, then
+        run id, both descending), about `count` at a time, and the cursor of the last.
+
+        Runs created in one millisecond may straddle two reads: the next read takes the
+        rest of that millisecond first, so none is skipped (`(ms` alone would skip
+        them, whenever a status filter or an expired run makes another read needed)."""
+        top = "+inf"
+        if cursor is not None:
+            ms, last_id = cursor
+            if last_id:
+                same = cast("list[bytes]", await self.redis.zrevrangebyscore(key, ms, ms))
+                rest = sorted((m.decode() for m in same if m.decode() < last_id), reverse=True)
+                if rest:
+                    return rest, (ms, "")  # "": that millisecond is done
+            top = f"({ms}"
+        batch = cast(
+            "list[tuple[bytes, float]]",
+            await self.redis.zrevrangebyscore(
+                key, top, "-inf", start=0, num=count, withscores=True
+            ),
+        )
+        if not batch:
+            return [], None
+        ids = [m.decode() for m, _ in batch]
+        return ids, (int(batch[-1][1]), ids[-1])
 
     async def _runs(self, tenant: str, ids: list[str], status: int) -> list[types_pb2.Run]:
         if not ids:
@@ -363,7 +382,9 @@ class RunStore:
         that is not an event of the stream (or `ValueError` when malformed)."""
         key = self.keys.events(tenant, run_id)
         if after:
-            if not _EVENT_ID.fullmatch(after):
+            if not _EVENT_ID.fullmatch(after) or any(
+                int(part) > _ID_PART_MAX for part in after.split("-")
+            ):
                 raise ValueError("not an event id (<milliseconds>-<sequence>)")
             if not await self.redis.xrange(key, after, after, count=1):
                 raise StreamGapError(after)
@@ -412,6 +433,24 @@ class RunStore:
             return None
         results = [types_pb2.ToolResult.FromString(v) for v in cast("list[bytes]", got)]
         return sorted(results, key=lambda r: r.tool_call_id)
+
+    async def results_before(
+        self, tenant: str, run_id: str, step: int
+    ) -> list[types_pb2.ToolResult]:
+        """The recorded tool results of steps 0..`step`-1, by step, then `tool_call_id`
+        (the plan's order, the ids being zero-padded). A step whose record expired, or
+        that had no tool calls, gives none."""
+        if step <= 0:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for earlier in range(step):
+                pipe.hvals(self.keys.step(tenant, run_id, earlier))
+            rows = cast("list[list[bytes]]", await pipe.execute())
+        out: list[types_pb2.ToolResult] = []
+        for values in rows:
+            results = [types_pb2.ToolResult.FromString(v) for v in values]
+            out += sorted(results, key=lambda r: r.tool_call_id)
+        return out
 
 
 _COMPLETION: dict[int, types_pb2.CompletionStatus.ValueType] = {

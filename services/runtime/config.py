@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "default_stack_dir"]
@@ -208,7 +208,15 @@ class Settings(BaseSettings):
     )
     otlp_endpoint: str = Field(
         "",
-        description="OTLP/gRPC collector (host:port) to export spans to; empty exports none.",
+        validation_alias=AliasChoices("AGENTFLUX_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="OTLP/gRPC collector (host:port or URL) to export spans to; "
+        "`OTEL_EXPORTER_OTLP_ENDPOINT` when unset; empty exports none.",
+    )
+    service_namespace: str = Field(
+        "",
+        validation_alias=AliasChoices("AGENTFLUX_SERVICE_NAMESPACE", "OTEL_SERVICE_NAME"),
+        description="`service.namespace` of every span (`OTEL_SERVICE_NAME` when unset): "
+        "tells this deployment's services apart; `service.name` stays the service's own.",
     )
 
     @model_validator(mode="before")

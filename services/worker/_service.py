@@ -66,9 +66,7 @@ class WorkerService(Service):
         settings = mesh.settings
         self.tools = tools or ToolRegistry.load(settings)
         self.keys = Keys(mesh.namespace)
-        self.telemetry = Telemetry.create(
-            "worker", span_store=settings.span_store_dir, otlp_endpoint=settings.otlp_endpoint
-        )
+        self.telemetry = Telemetry.for_service("worker", settings)
         self.store = RunStore(
             mesh.redis,
             namespace=mesh.namespace,
