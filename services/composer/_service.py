@@ -122,6 +122,7 @@ class ComposerService(Service):
                 results=results,
                 template=await self._template(),
                 memory=await self.store.memory(tenant, run.conversation_id),
+                earlier_results=await self.store.results_before(tenant, run.run_id, step),
             )
         )
         if composition.next_step and step + 1 < run.limits.max_steps:

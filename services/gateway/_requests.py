@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 
 from agentflux.v1 import gateway_pb2, types_pb2
 
 from interceptors import ContextValueError, InvalidArgument, new_id
 from interceptors._context import check_id
+from services.runs import is_event_id
 from services.runtime.config import Settings
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
 
 MAX_PROMPT_BYTES = 32 * 1024
 MAX_PAGE_SIZE = 100
-_EVENT_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 _PRIORITIES = frozenset(types_pb2.Priority.values())
 _STATUSES = frozenset(types_pb2.RunStatus.values())
 
@@ -65,7 +64,7 @@ def required_text(field: str, value: str, max_bytes: int) -> str:
 
 def checked_after(value: str) -> str:
     """A resume point: empty (from the start) or an event id `<milliseconds>-<sequence>`."""
-    if value and not _EVENT_ID.fullmatch(value):
+    if value and not is_event_id(value):
         raise InvalidArgument("after_event_id", "not an event id (<milliseconds>-<sequence>)")
     return value
 

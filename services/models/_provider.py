@@ -3,8 +3,9 @@
 The planner asks it for a plan (`plan`): the tool calls of one step, or a direct answer
 when no tool is needed. The composer, once a step's results are in, asks it to compose
 (`compose`), with the earlier steps' results too: either go on with another step (a
-continuation, within the run's step budget) or answer, streaming the text in pieces. Both report the tokens they spent, so
-the run's usage (and, later, the tenant's budget) is charged from what the model says.
+continuation, within the run's step budget) or answer, streaming the text in pieces.
+Both report the tokens they spent, so the run's usage (and, later, the tenant's budget)
+is charged from what the model says.
 """
 
 from __future__ import annotations

@@ -2,16 +2,18 @@
 
 It sees only `ToolResult`s (name, status, output, error message), not the calls that made
 them, so it pairs each result with what the clause asked for: a clause's calculator
-results with its expressions in the order they were written. The planner numbers a
-step's calls in plan order within their `tool_call_id`; ids are compared with their
-numbers as numbers, so the eleventh call ("r.0.10") comes after the third ("r.0.2").
+results with its expressions in the order they were written. The planner writes a
+call's `tool_call_id` as `<run>.<step>.<index>`, the index in plan order and zero-padded
+(`r.0.010`); ids are compared with their numbers as numbers, so the order is the plan's
+whether or not the index is padded (the eleventh call, "r.0.10" or "r.0.010", comes after
+the third, "r.0.2" or "r.0.002"), and `step_of` reads the step either way.
 Outputs are read leniently, since each tool chooses its output's shape:
 
 - calculator: a number, a numeric string, or an object with `result` (or `value`) and
   optionally `expression`. "6*7" with 42 reads "6*7 = 42". A follow-up step ("add 8")
-  has no expression in its clause, since its left side was the previous step's number,
-  which composing does not see: "42 + 8 = 50" when the tool returns its expression,
-  "adding 8 gives 50" when it returns the number only;
+  has no expression in its clause, since its left side was the previous step's number:
+  "42 + 8 = 50" when the tool returns its expression, "adding 8 gives 50" when it
+  returns the number only;
 - memory: recall reads a list (or an object holding one, e.g. `items`) of notes, strings
   or objects with `text`; remember and forget are confirmed from the clause, and a
   `forgotten` count of 0 is said as nothing to forget;
@@ -34,7 +36,7 @@ from google.protobuf import struct_pb2
 from services.models._arith import number_text
 from services.models._clauses import Intent
 
-__all__ = ["describe", "failure", "number_of", "text_of", "value_of"]
+__all__ = ["describe", "failure", "number_of", "step_of", "text_of", "value_of"]
 
 _ID_PARTS = re.compile(r"(\d+)")
 _LIMIT = 200  # characters of a fetched page or a long output quoted in an answer
@@ -100,9 +102,18 @@ def failure(result: types_pb2.ToolResult) -> str:
 def _planned_order(result: types_pb2.ToolResult) -> list[tuple[int, str]]:
     """Call ids compared with their numbers as numbers: "r.0.2" before "r.0.10"."""
     return [
-        (int(part), "") if part.isdigit() else (-1, part)
+        (int(part), "") if part.isdecimal() else (-1, part)
         for part in _ID_PARTS.split(result.tool_call_id)
     ]
+
+
+def step_of(result: types_pb2.ToolResult) -> int | None:
+    """The step a result belongs to, read from its `tool_call_id` (`<run>.<step>.<index>`,
+    padded or not); None when the id is not of that form."""
+    parts = result.tool_call_id.rsplit(".", 2)
+    if len(parts) == 3 and parts[1].isdecimal() and parts[2].isdecimal():
+        return int(parts[1])
+    return None
 
 
 def describe(intent: Intent, results: Sequence[types_pb2.ToolResult]) -> list[str]:

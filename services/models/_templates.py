@@ -14,7 +14,8 @@ from collections.abc import Mapping
 __all__ = ["COMPOSE_PLACEHOLDERS", "TEMPLATES", "fill"]
 
 COMPOSE_PLACEHOLDERS: Mapping[str, str] = {
-    "results": "what this step's tool calls gave, in sentences (always present)",
+    "results": "what the run's tool calls gave, in sentences: the earlier steps briefly, "
+    "then this step (always present)",
     "unfinished": "empty, or a sentence naming the requests the step budget left undone",
     "prompt": "the caller's prompt, as submitted",
     "memory": "the conversation's short-lived memory, newest first, joined with '; '",

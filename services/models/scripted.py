@@ -10,18 +10,19 @@ directly and says which tool it lacks. Anything else gets a direct answer that u
 conversation's memory and says what the model can do.
 
 Composing goes on to the next step while a clause remains and the step budget allows
-(`step + 1 < max_steps`); otherwise it answers from this step's results, and names the
-clauses the budget left undone. Only this step's results reach the composer, so the
-answer reports the last step ("6*7 then add 8" answers "Adding 8 gives 50.", or
-"42 + 8 = 50." when the calculator returns its expression); a direct answer at a later
-step also reports the step before it, whose results the planner has. A direct answer
-ends the run, so clauses after it are named as not done.
+(`step + 1 < max_steps`); otherwise it answers, and names the clauses the budget left
+undone. The answer reports the whole run: the earlier steps briefly (each result in at
+most a line, read with the clause of its step, which its `tool_call_id` names), then
+the last step ("6*7 then add 8" answers "6*7 = 42; adding 8 gives 50.", or "6*7 = 42;
+42 + 8 = 50." when the calculator returns its expression). A direct answer at a later
+step reports the step before it, whose results the planner has. A direct answer ends
+the run, so clauses after it are named as not done.
 
 Tokens are counted as whitespace-separated words, read and written. Planning reads the
 prompt, the memory, the previous step's results (in words) and the tools offered (name
 and description), and writes the answer or each call as `name {json arguments}`.
-Composing reads the prompt, the memory and this step's results (in words), and writes
-the answer (nothing when it goes on).
+Composing reads the prompt, the memory and the run's results (in words), and writes the
+answer (nothing when it goes on).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from services.models._provider import (
     PlannedCall,
     PlanRequest,
 )
-from services.models._render import describe, number_of, value_of
+from services.models._render import describe, number_of, step_of, text_of, value_of
 from services.models._replies import chat, leftover, not_offered, sentence
 from services.models._templates import TEMPLATES, fill
 
@@ -50,6 +51,7 @@ __all__ = ["ScriptedProvider"]
 
 log = logging.getLogger(__name__)
 _PIECE_WORDS = 3  # words per streamed delta
+_BRIEF = 80  # characters of an earlier step's result in an answer
 _PIECE = re.compile(r"\S+\s*")
 
 
@@ -63,6 +65,21 @@ def _usage(read_tokens: int, written: int) -> types_pb2.Usage:
     return types_pb2.Usage(
         prompt_tokens=read_tokens, completion_tokens=written, total_tokens=read_tokens + written
     )
+
+
+def _earlier(clauses: Sequence[str], results: Sequence[types_pb2.ToolResult]) -> list[str]:
+    """A short phrase per result of the earlier steps, in step order, each read with the
+    clause of its step (results whose step is unknown first, plainly)."""
+    steps: dict[int | None, list[types_pb2.ToolResult]] = {}
+    for result in results:
+        steps.setdefault(step_of(result), []).append(result)
+    phrases = []
+    for step, group in sorted(steps.items(), key=lambda item: -1 if item[0] is None else item[0]):
+        intent = Intent("chat", "")
+        if step is not None and step < len(clauses):
+            intent = read(clauses[step])
+        phrases += [text_of(phrase, _BRIEF) for phrase in describe(intent, group)]
+    return phrases
 
 
 async def _deltas(text: str) -> AsyncIterator[str]:
@@ -173,8 +190,13 @@ class ScriptedProvider:
         never fails a run. The deltas are a few words each and join to the answer."""
         clauses = split(request.prompt)
         intent = read(clauses[request.step]) if request.step < len(clauses) else Intent("chat", "")
-        results = sentence(describe(intent, request.results))
-        results = results or "I ran no tools in this step, so I have nothing to report."
+        earlier = _earlier(clauses, request.earlier_results)
+        last = describe(intent, request.results)
+        if last:
+            results = sentence(earlier + last)
+        else:
+            nothing = "I ran no tools in this step, so I have nothing to report."
+            results = f"{sentence(earlier)} {nothing}".strip()
         read_tokens = _tokens(request.prompt, request.memory, results)
         rest = clauses[request.step + 1 :]
         if rest and request.step + 1 < request.max_steps:

@@ -26,6 +26,7 @@ from services.runs._store import (
     StreamGapError,
     completion_of,
     finished_of,
+    is_event_id,
 )
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "StreamGapError",
     "completion_of",
     "finished_of",
+    "is_event_id",
 ]

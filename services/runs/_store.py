@@ -11,9 +11,27 @@ import redis.asyncio as aioredis
 from agentflux.v1 import gateway_pb2, types_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.runs._scripts import (
+    ADD_ONCE,
+    APPEND_ONCE,
+    CANCEL,
+    CREATE,
+    FINISH,
+    RECORD,
+    RUNNING,
+    TURN,
+)
 from services.runtime.keys import Keys
 
-__all__ = ["TERMINAL", "Finished", "RunStore", "StreamGapError", "completion_of", "finished_of"]
+__all__ = [
+    "TERMINAL",
+    "Finished",
+    "RunStore",
+    "StreamGapError",
+    "completion_of",
+    "finished_of",
+    "is_event_id",
+]
 
 TERMINAL = (
     types_pb2.RUN_STATUS_COMPLETED,
@@ -23,106 +41,13 @@ TERMINAL = (
 _EVENT_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 _ID_PART_MAX = 2**64 - 1  # each part of a stream id is an unsigned 64-bit number
 
-_CREATE = """
-if ARGV[7] == '1' then
-  local first = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[5], 'GET')
-  if first then return first end
-end
-redis.call('HSET', KEYS[2], 'run', ARGV[2], 'status', 1, 'steps', 0, 'update_ms', ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[6]) * 1000)
-redis.call('EXPIRE', KEYS[3], ARGV[6])
-redis.call('XADD', KEYS[4], '*', 'e', ARGV[4])
-redis.call('EXPIRE', KEYS[4], ARGV[6])
-return false
-"""
 
-# Nothing is appended to a run that ended: `finished` stays the last event.
-_APPEND_ONCE = """
-local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
-if not status or status >= 3 then return false end
-if redis.call('HSETNX', KEYS[1], 'once:' .. ARGV[1], 1) == 0 then return false end
-return redis.call('XADD', KEYS[2], '*', 'e', ARGV[2])
-"""
-
-_RUNNING = """
-local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
-if not status or status >= 3 then return 0 end
-local steps = tonumber(redis.call('HGET', KEYS[1], 'steps') or '0')
-if tonumber(ARGV[1]) + 1 > steps then steps = tonumber(ARGV[1]) + 1 end
-redis.call('HSET', KEYS[1], 'status', 2, 'steps', steps, 'update_ms', ARGV[2])
-return 1
-"""
-
-_CANCEL = """
-local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
-if not status then return -1 end
-if status >= 3 then return 0 end
-redis.call('HSETNX', KEYS[1], 'cancel', ARGV[1])
-redis.call('HSET', KEYS[1], 'update_ms', ARGV[2])
-return 1
-"""
-
-# The run's end, at most once. A cancellation requested before it wins over the
-# outcome the caller brings: the caller asked for the work to stop.
-_FINISH = """
-local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
-if not status then return -1 end
-if status >= 3 then return 0 end
-local final, err = ARGV[1], ARGV[3]
-local cancel = redis.call('HGET', KEYS[1], 'cancel')
-if cancel then final, err = '5', cancel end
-redis.call('HSET', KEYS[1], 'status', final, 'error', err, 'update_ms', ARGV[5])
-if final == '3' then redis.call('HSET', KEYS[1], 'answer', ARGV[2]) end
-local steps = tonumber(redis.call('HGET', KEYS[1], 'steps') or '0')
-if tonumber(ARGV[4]) > steps then redis.call('HSET', KEYS[1], 'steps', ARGV[4]) end
-redis.call('XADD', KEYS[2], '*', 'k', 'finished')
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-return tonumber(final)
-"""
-
-# A step's results; the caller whose result completes the step (and the same caller
-# again, on a redelivery) gets them all, everyone else gets nothing. A result of an
-# unknown (expired) run is dropped: its marker would otherwise create a run hash with
-# no TTL, which `get` would return as a run.
-_RECORD = """
-if redis.call('EXISTS', KEYS[2]) == 0 then return false end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-if redis.call('HLEN', KEYS[1]) < tonumber(ARGV[3]) then return false end
-local marker = 'once:step-complete:' .. ARGV[5]
-if redis.call('HSETNX', KEYS[2], marker, ARGV[1]) == 0
-   and redis.call('HGET', KEYS[2], marker) ~= ARGV[1] then
-  return false
-end
-return redis.call('HVALS', KEYS[1])
-"""
-
-
-# Counters of a run that a redelivered message must not add to twice: each addition
-# carries a marker and counts once.
-_ADD_ONCE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-if redis.call('HSETNX', KEYS[1], 'once:' .. ARGV[1], 1) == 1 then
-  for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
-end
-local out = {}
-for i = 2, #ARGV, 2 do out[#out + 1] = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') end
-return out
-"""
-
-
-# A run's turn in its conversation's session, counted once (and never for an unknown
-# run, whose marker would create a run hash with no TTL).
-_TURN = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HSETNX', KEYS[1], 'once:turn', 1) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[2], 'turns', 1)
-redis.call('HSET', KEYS[2], 'last_run', ARGV[1], 'last_status', ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return 1
-"""
+def is_event_id(value: str) -> bool:
+    """Whether `value` can be an event id (a Redis stream id, `<ms>-<sequence>`, each
+    part a 64-bit unsigned integer)."""
+    return bool(_EVENT_ID.fullmatch(value)) and all(
+        int(part) <= _ID_PART_MAX for part in value.split("-")
+    )
 
 
 class StreamGapError(Exception):
@@ -164,14 +89,14 @@ class RunStore:
         self.run_ttl_s = run_ttl_s
         self.stream_ttl_s = stream_ttl_s
         self.request_ttl_s = request_ttl_s
-        self._create = redis.register_script(_CREATE)
-        self._append = redis.register_script(_APPEND_ONCE)
-        self._running = redis.register_script(_RUNNING)
-        self._cancel = redis.register_script(_CANCEL)
-        self._finish = redis.register_script(_FINISH)
-        self._record = redis.register_script(_RECORD)
-        self._add = redis.register_script(_ADD_ONCE)
-        self._turn = redis.register_script(_TURN)
+        self._create = redis.register_script(CREATE)
+        self._append = redis.register_script(APPEND_ONCE)
+        self._running = redis.register_script(RUNNING)
+        self._cancel = redis.register_script(CANCEL)
+        self._finish = redis.register_script(FINISH)
+        self._record = redis.register_script(RECORD)
+        self._add = redis.register_script(ADD_ONCE)
+        self._turn = redis.register_script(TURN)
 
     # -- the run ---------------------------------------------------------------------
 
@@ -382,9 +307,7 @@ class RunStore:
         that is not an event of the stream (or `ValueError` when malformed)."""
         key = self.keys.events(tenant, run_id)
         if after:
-            if not _EVENT_ID.fullmatch(after) or any(
-                int(part) > _ID_PART_MAX for part in after.split("-")
-            ):
+            if not is_event_id(after):
                 raise ValueError("not an event id (<milliseconds>-<sequence>)")
             if not await self.redis.xrange(key, after, after, count=1):
                 raise StreamGapError(after)

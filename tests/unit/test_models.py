@@ -64,8 +64,21 @@ async def compose(
     step: int = 0,
     max_steps: int = 4,
     template: str = "",
+    earlier: Sequence[types_pb2.ToolResult] = (),
 ) -> Composition:
-    return await model.compose(ComposeRequest(prompt, step, max_steps, results, template))
+    request = ComposeRequest(prompt, step, max_steps, results, template, earlier_results=earlier)
+    return await model.compose(request)
+
+
+def call_result(
+    step: int, index: int, name: str, output: Any, run_id: str = "run-1", pad: bool = True
+) -> types_pb2.ToolResult:
+    """A result whose `tool_call_id` is the planner's: `<run>.<step>.<index:03d>` (or the
+    older unpadded `<run>.<step>.<index>`)."""
+    call = f"{run_id}.{step}.{index:03d}" if pad else f"{run_id}.{step}.{index}"
+    done = result(name, output)
+    done.tool_call_id = call
+    return done
 
 
 async def answer_of(composition: Composition) -> tuple[str, list[str]]:
@@ -237,20 +250,122 @@ async def test_compose_answers_the_last_clause_from_its_results() -> None:
     assert await answer("6*7 then add 8", [result("calculator", echoed)], step=1) == "42 + 8 = 50."
 
 
-async def test_results_are_read_in_the_order_their_calls_were_planned() -> None:
+@pytest.mark.parametrize("call_id", ["run.0.{n}", "run.0.{n:03d}", "r.1.x.0.{n:03d}"])
+async def test_results_are_read_in_the_order_their_calls_were_planned(call_id: str) -> None:
     prompt = " and ".join(f"{n}+0" for n in range(12))
     results = [
         types_pb2.ToolResult(
-            tool_call_id=f"run.0.{n}",
+            tool_call_id=call_id.format(n=n),
             name="calculator",
             status=SUCCEEDED,
             output=struct_pb2.Value(number_value=n),
         )
         for n in range(12)
     ]
-    results.sort(key=lambda r: r.tool_call_id)  # as strings: "run.0.10" before "run.0.2"
+    results.sort(key=lambda r: r.tool_call_id)  # unpadded, as strings: "0.10" before "0.2"
+    results.reverse()
     text = await answer(prompt, results)
     assert text == "; ".join(f"{n}+0 = {n}" for n in range(12)) + "."
+
+
+# -- the whole run's history ----------------------------------------------------------
+
+
+async def test_the_answer_reports_the_earlier_steps_before_the_last() -> None:
+    earlier = [call_result(0, 0, "calculator", 42)]
+    prompt = "what is 6*7 then add 8"
+    final = await answer(prompt, [call_result(1, 0, "calculator", 50)], step=1, earlier=earlier)
+    assert final == "6*7 = 42; adding 8 gives 50."
+    echoed = call_result(1, 0, "calculator", {"expression": "42 + 8", "result": 50})
+    assert await answer(prompt, [echoed], step=1, earlier=earlier) == "6*7 = 42; 42 + 8 = 50."
+
+
+async def test_each_earlier_step_is_read_with_its_own_clause() -> None:
+    prompt = "what is 6*7 and 12/4 then add 8 then double it"
+    earlier = [
+        call_result(0, 0, "calculator", 42),
+        call_result(0, 1, "calculator", 3),
+        call_result(1, 0, "calculator", 50),
+        call_result(1, 1, "calculator", 11),
+    ]
+    last = [call_result(2, 0, "calculator", 100), call_result(2, 1, "calculator", 22)]
+    text = await answer(prompt, last, step=2, earlier=earlier)
+    assert text == (
+        "6*7 = 42; 12/4 = 3; adding 8 gives 50; adding 8 gives 11; "
+        "doubling gives 100; doubling gives 22."
+    )
+
+
+@pytest.mark.parametrize("pad", [True, False])
+async def test_earlier_steps_past_ten_are_grouped_by_the_step_their_ids_name(pad: bool) -> None:
+    # Twelve clauses ("add 1" at step 1 ... "add 11" at step 11); step 11 composes. The
+    # ids name steps 0..10, padded or not, and the run id has dots of its own.
+    prompt = "what is 1+1 then " + " then ".join(f"add {k}" for k in range(1, 12))
+    earlier = [call_result(0, 0, "calculator", 2, run_id="run.x", pad=pad)] + [
+        call_result(k, 0, "calculator", 100 + k, run_id="run.x", pad=pad) for k in range(1, 11)
+    ]
+    earlier.sort(key=lambda r: r.tool_call_id)  # as strings: step 10 before step 2
+    earlier.reverse()  # whatever order they come in, the answer goes step by step
+    last = [call_result(11, 0, "calculator", 111, run_id="run.x", pad=pad)]
+    text = await answer(prompt, last, step=11, earlier=earlier)
+    each = "; ".join(f"adding {k} gives {100 + k}" for k in range(1, 12))
+    assert text == f"1+1 = 2; {each}."
+
+
+async def test_an_earlier_step_is_reported_briefly_and_the_last_in_full() -> None:
+    page = {"status": 200, "text": "word " * 100}
+    earlier = [call_result(0, 0, "http_get", page)]
+    prompt = "fetch https://example.com then fetch https://example.org"
+    text = await answer(prompt, [call_result(1, 0, "http_get", page)], step=1, earlier=earlier)
+    brief, full = text.split("; ", 1)
+    assert brief.startswith("The page https://example.com answered 200: word word")
+    assert len(brief) <= 80
+    assert brief.endswith("\u2026")
+    assert full.startswith("the page https://example.org answered 200: word word")
+    assert len(full) > 200
+
+
+async def test_earlier_results_with_ids_of_another_form_are_still_reported() -> None:
+    earlier = [result("calculator", 42)]  # tool_call_id "ccalculator": no step in it
+    text = await answer(
+        "what is 6*7 then add 8", [result("calculator", 50)], step=1, earlier=earlier
+    )
+    assert text == "The calculator gave 42; adding 8 gives 50."
+
+
+async def test_a_last_step_without_results_still_reports_the_earlier_ones() -> None:
+    earlier = [call_result(0, 0, "calculator", 42)]
+    text = await answer("what is 6*7 then what time is it", [], step=1, earlier=earlier)
+    assert text == "6*7 = 42. I ran no tools in this step, so I have nothing to report."
+
+
+async def test_the_budget_answer_reports_the_earlier_steps_and_names_what_is_left() -> None:
+    prompt = "what is 6*7 then add 8 then double it"
+    earlier = [call_result(0, 0, "calculator", 42)]
+    last = [call_result(1, 0, "calculator", 50)]
+    text = await answer(prompt, last, step=1, max_steps=2, earlier=earlier)
+    assert text.startswith("6*7 = 42; adding 8 gives 50. I stopped at the run's step budget")
+    assert '"double it"' in text
+
+
+async def test_the_earlier_results_are_read_tokens() -> None:
+    prompt = "what is 6*7 then add 8"
+    last = [call_result(1, 0, "calculator", 50)]
+    alone = await compose(prompt, last, step=1)
+    earlier = [call_result(0, 0, "calculator", 42)]
+    with_history = await compose(prompt, last, step=1, earlier=earlier)
+    read_more = with_history.usage.prompt_tokens - alone.usage.prompt_tokens
+    assert read_more == 3  # "6*7 = 42;"
+    # Going on reads them too, and writes nothing.
+    going_on = await compose(prompt + " then double it", last, step=1, earlier=earlier)
+    assert going_on.next_step
+    assert going_on.usage.completion_tokens == 0
+    assert going_on.usage.prompt_tokens > alone.usage.prompt_tokens
+
+
+def test_compose_requests_without_earlier_results_are_still_valid() -> None:
+    request = ComposeRequest("what is 6*7", 0, 4, [], "")
+    assert request.earlier_results == ()
 
 
 async def test_when_the_budget_is_used_up_it_answers_and_names_what_is_left() -> None:
