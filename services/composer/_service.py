@@ -80,6 +80,7 @@ class ComposerService(Service):
 
     async def close(self) -> None:
         await self.kafka.close()
+        self.cache.close()
         self.telemetry.shutdown()
 
     async def _template(self) -> str:
@@ -130,7 +131,13 @@ class ComposerService(Service):
             await self._continue(run, step, results)
             return b"continued"
         if composition.deltas is None:
-            await self.ender.fail(run, step, "the model gave neither an answer nor a next step")
+            why = (
+                f"the model asked for step {step + 2} beyond the run's {run.limits.max_steps} "
+                "steps (limits.max_steps) and gave no answer"
+                if composition.next_step
+                else "the model gave neither an answer nor a next step"
+            )
+            await self.ender.fail(run, step, why)
             return b"failed"
 
         capture = await self.flags.enabled(CAPTURE_CONTENT)

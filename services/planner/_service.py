@@ -79,10 +79,10 @@ class PlannerService(Service):
             grace_s=settings.grace_s,
         )
         self.tasks: TaskPublisher | None = None
-        cache = ReadThroughCache(
+        self.cache = ReadThroughCache(
             mesh.memcached, namespace=mesh.namespace, ttl_s=settings.cache_ttl_s
         )
-        self.flags = FeatureFlags(cache, settings)
+        self.flags = FeatureFlags(self.cache, settings)
 
     async def start(self) -> None:
         rabbit = await self.mesh.rabbit()
@@ -98,6 +98,7 @@ class PlannerService(Service):
 
     async def close(self) -> None:
         await self.kafka.close()
+        self.cache.close()
         self.telemetry.shutdown()
 
     async def handle(self, incoming: Incoming) -> bytes:

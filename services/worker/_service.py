@@ -34,7 +34,7 @@ from interceptors import (
 from services.runs import RunStore
 from services.runtime.cache import ReadThroughCache
 from services.runtime.keys import Keys
-from services.runtime.locks import FencedLock
+from services.runtime.locks import FencedLock, LockTimeout
 from services.runtime.mesh import Mesh, Service
 from services.runtime.topology import task_topology
 from services.tools import JSON, ToolContext, ToolError, ToolRegistry, ToolSpec
@@ -114,6 +114,7 @@ class WorkerService(Service):
     async def close(self) -> None:
         if self._index is not None:
             await self._index.close()
+        self.cache.close()
         self.telemetry.shutdown()
 
     async def handle(self, incoming: Incoming) -> bytes:
@@ -149,8 +150,9 @@ class WorkerService(Service):
             tool_call_id=call.tool_call_id, name=call.name, attempts=incoming.attempt
         )
         try:
-            output = await self._run(task, tenant, incoming.attempt, result)
-        except _Failed as failed:
+            output = _value(await self._run(task, tenant, incoming.attempt, result))
+        except Exception as exc:
+            failed = _failure_of(exc)
             last = incoming.attempt >= self.max_attempts
             if failed.retryable and not last:
                 raise Unavailable(f"{call.name}: {failed}") from failed  # the next tier
@@ -165,8 +167,7 @@ class WorkerService(Service):
                 retryable=False,
             ) from failed
         result.status = types_pb2.TOOL_CALL_STATUS_SUCCEEDED
-        json_format.ParseDict({"v": output}, wrapper := struct_pb2.Struct())
-        result.output.CopyFrom(wrapper.fields["v"])
+        result.output.CopyFrom(output)
         result.duration.CopyFrom(_duration(time.monotonic() - began))
         return await self._settle(task, tenant, record, result)
 
@@ -300,6 +301,32 @@ class WorkerService(Service):
             result=result,
         )
         await self.events.emit(called, idempotency_key=f"{task.call.tool_call_id}:called")
+
+
+def _failure_of(exc: Exception) -> _Failed:
+    """What a call that raised `exc` ends in. Not only `_Failed`: a tool that raises
+    other than `ToolError`, or an exclusive tool's lock that stays taken, must also end
+    the call after the last attempt, or its run would wait for the result for ever."""
+    if isinstance(exc, _Failed):
+        return exc
+    if isinstance(exc, LockTimeout):
+        failed = _Failed(_TIMED_OUT, str(exc), retryable=True)
+    else:  # its cause is unknown, so it is retried (as the consumers retry such errors)
+        failed = _Failed(_FAILED, f"{type(exc).__name__}: {exc}", retryable=True)
+    failed.__cause__ = exc  # the tool's own traceback stays on the span and in logs
+    return failed
+
+
+def _value(output: JSON) -> struct_pb2.Value:
+    """A tool's output as a protobuf Value; output that is not JSON fails the call for
+    good (running the tool again would return the same)."""
+    wrapper = struct_pb2.Struct()
+    try:
+        json_format.ParseDict({"v": output}, wrapper)
+    except (json_format.ParseError, TypeError, ValueError) as bad:
+        kind = type(output).__name__
+        raise _Failed(_FAILED, f"returned {kind}, which is not JSON", retryable=False) from bad
+    return wrapper.fields["v"]
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
