@@ -69,6 +69,7 @@ async def test_a_run_of_two_steps(mesh: Mesh) -> None:
     assert steps == [0, 1]
     done = (await mesh.gateway.GetRun(gateway_pb2.GetRunRequest(run_id=run.run_id))).run
     assert_one_answer(events, done)
+    assert "42" in done.answer.text  # the first step's result, reported with the last
     assert "50" in done.answer.text
     assert done.step_count == 2
 
