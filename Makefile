@@ -15,7 +15,7 @@ GRPCURL_VERSION := v1.9.4
 BASELINE := proto/published/agentflux-v1.binpb
 TYPED := services $(wildcard interceptors)
 
-.PHONY: help venv tools gen gen-check publish-contract lint fmt typecheck stack-up stack-down stack-status demo test test-unit test-integration bench bench-hops bench-guard bench-consumers clean
+.PHONY: help venv tools gen gen-check publish-contract lint fmt typecheck stack-up stack-down stack-status demo test test-unit test-integration bench bench-hops bench-guard bench-consumers bench-runs clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -83,10 +83,11 @@ test-unit: $(STAMP) ## Unit tests only (no stack needed)
 test-integration: stack-up ## Integration tests against the real brokers
 	pytest tests/integration
 
-bench: stack-up ## Every hop, the idempotency guard, and the consumers, each beside its raw baseline (ARGS=--quick)
+bench: stack-up ## Every hop, the idempotency guard, the consumers and whole runs, each beside its raw baseline (ARGS=--quick)
 	python -m bench.hops $(ARGS)
 	python -m bench.guard $(ARGS)
 	python -m bench.consumers $(ARGS)
+	python -m bench.runs $(ARGS)
 
 bench-hops: stack-up ## Each hop raw vs through agentflux, with ratios (ARGS=--quick | --hop NAME | --json PATH)
 	python -m bench.hops $(ARGS)
@@ -96,6 +97,9 @@ bench-guard: stack-up ## The idempotency guard with and without a Bloom filter, 
 
 bench-consumers: stack-up ## Concurrent consumers beside one-at-a-time ones, Kafka and RabbitMQ (ARGS=--quick | --json PATH)
 	python -m bench.consumers $(ARGS)
+
+bench-runs: stack-up ## Whole runs through `agentflux serve` beside the same hops with bare clients (ARGS=--quick | --rate R | --json PATH)
+	python -m bench.runs $(ARGS)
 
 clean: ## Remove the venv and caches (not the stack's data: `agentflux stack down --wipe`)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

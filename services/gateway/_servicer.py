@@ -134,21 +134,25 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
             if not await self.streams.events_exist(tenant, run_id):
                 raise self._no_events(await self.streams.get(tenant, run_id), run_id)
             block: int | None = None  # the first read never waits: see below
+            trusted = False  # the caller's `after` is checked once; later ones are ours
             while True:
                 try:
-                    batch = await self.streams.read_events(tenant, run_id, after, block_ms=block)
+                    batch = await self.streams.read_events(
+                        tenant, run_id, after, block_ms=block, trusted=trusted
+                    )
                 except StreamGapError:
                     raise OutOfRange(
                         f"after_event_id {after} is not an event of run {run_id}",
                         metadata={"run_id": run_id},
                     ) from None
                 block = STREAM_BLOCK_MS
+                trusted = True
                 if not batch:
                     # A client resuming after `finished` waits for nothing: once the run
                     # ended, one last read returns what is left, and the stream ends.
                     run = await self.streams.get(tenant, run_id)
                     if run is None or run.status in TERMINAL:
-                        batch = await self.streams.read_events(tenant, run_id, after)
+                        batch = await self.streams.read_events(tenant, run_id, after, trusted=True)
                         if not batch:
                             if run is None:
                                 raise self._no_events(None, run_id)

@@ -300,13 +300,21 @@ class RunStore:
         return None if got is None else cast("bytes", got).decode()
 
     async def read_events(
-        self, tenant: str, run_id: str, after: str, *, block_ms: int | None = None, count: int = 100
+        self,
+        tenant: str,
+        run_id: str,
+        after: str,
+        *,
+        block_ms: int | None = None,
+        count: int = 100,
+        trusted: bool = False,
     ) -> list[gateway_pb2.StreamRunResponse]:
         """Events after `after` (from the start when empty), waiting up to `block_ms`
         for the first one when there are none yet. Raises `StreamGapError` for an `after`
-        that is not an event of the stream (or `ValueError` when malformed)."""
+        that is not an event of the stream (or `ValueError` when malformed); `trusted`
+        skips that check for a cursor this code took from the stream itself."""
         key = self.keys.events(tenant, run_id)
-        if after:
+        if after and not trusted:
             if not is_event_id(after):
                 raise ValueError("not an event id (<milliseconds>-<sequence>)")
             if not await self.redis.xrange(key, after, after, count=1):

@@ -317,8 +317,10 @@ class KafkaConsumer:
         self._consumer.store_offsets(message=record)
 
     def store_offsets(self, offsets: list[TopicPartition]) -> None:
-        """Stores the offsets to resume from (the next record to handle) per partition.
-        Thread-safe; an offset of a partition no longer assigned is dropped (logged)."""
+        """Stores the offsets to resume from (the next record to handle) per partition;
+        an offset of a partition no longer assigned is dropped (logged). Call it between
+        `consume()` calls or from a rebalance callback: librdkafka makes it wait for a
+        poll in flight, which would block the event loop for up to the poll timeout."""
         try:
             self._consumer.store_offsets(offsets=offsets)
         except KafkaException as exc:

@@ -1,0 +1,1578 @@
+"""Whole agent runs through `agentflux serve`, beside the same chain of hops done with bare
+clients, in one run.
+
+    .venv/bin/python -m bench.runs [--quick] [--rate R] [--json PATH]
+
+**agentflux**: the five services in one `agentflux serve` subprocess, in a namespace of
+their own (`bench-<random>.`: a namespace is one label), with their own gRPC ports, index
+folder and span store in a temporary folder. **bare**: one helper subprocess
+(`python -m bench.runs --bare-chain ...`, this module) doing the same hops with bare
+clients on one event loop: a grpc.aio `Submit` that produces the request to Kafka
+(confluent-kafka, linger.ms=0, acks=all, idempotent), a consumer that publishes a task to
+RabbitMQ (aio-pika, confirms, persistent), a consumer of that queue that works out 6*7 and
+produces the result to Kafka, a consumer that appends the answer to a Redis stream
+(XADD), and a grpc.aio `StreamRun` that waits on that stream with XREAD BLOCK. Its names
+live under `bench.<random>.`. Both sides are one process of services with the client in
+this process, so both pay the same process boundary, and the client is the same bare
+grpc.aio stub for both: Submit("what is 6*7"), then StreamRun until `finished`. The run
+latency is Submit -> `finished` received.
+
+Three measurements, each in interleaved rounds (bare, agentflux, then the reverse order)
+after a warm-up, with gc before each round: (1) one run at a time: p50/p90/p99 and the
+ratio agentflux/bare; (2) a fixed open-loop load (`--rate` runs/s, started on schedule
+whether or not earlier runs finished): latency and whether each side kept up; (3) closed
+loop, K runs in flight: runs/s. Per side and phase it also meters CPU seconds of the
+services' process, of this process (the client) and of the stack's processes. After the
+run it splits the latencies (one at a time, and K in flight) into hops, from the mesh's
+spans and from the bare chain's own timestamps, and counts what one run costs the mesh
+(spans, Redis and Memcached commands, messages) from the same spans.
+
+Every agentflux run must end COMPLETED with the answer "6*7 = 42." (its answer deltas
+joined too) and every bare run must return it; anything else fails the bench. Everything
+is removed at the end, also on failure: both processes (SIGTERM, then wait), the
+namespace's and the baseline's topics, groups, queues, exchanges, Redis and Memcached
+keys, and the temporary folder. Exit codes: 0 all ran, 1 a run or a phase failed, 2 the
+stack is unreachable or not on loopback. See bench/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import gc
+import itertools
+import json
+import operator
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import aio_pika
+import grpc
+import redis.asyncio as aioredis
+from agentflux.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc, tasks_pb2, types_pb2
+from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Message as Record
+from confluent_kafka.admin import AdminClient
+from google.protobuf import struct_pb2
+
+from bench.hops import Stats, _drop_rabbit, _markdown, log, preflight, purge_redis
+from services.runtime.adapters.kafka import consumer_config, producer_config
+from services.runtime.adapters.rabbitmq import PROTOBUF
+from services.runtime.config import Settings
+from services.runtime.topology import TopicSpec, ensure_kafka_topics, kafka_topics, task_topologies
+
+ROOT = Path(__file__).resolve().parents[1]
+AGENTFLUX = str(Path(sys.executable).with_name("agentflux"))
+LOOPBACK = "127.0.0.1"
+PROMPT = "what is 6*7"
+ANSWER = "6*7 = 42."  # what the scripted model answers, and what the bare chain writes
+RUN_TIMEOUT_S = 30.0  # only to notice a broken run: a healthy one takes milliseconds
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0  # the mesh's grace period (10 s) and then some
+COMPLETED = types_pb2.COMPLETION_STATUS_COMPLETED
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# -- what to run ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How many runs of each kind, per side."""
+
+    warmup: int  # untimed runs one at a time, then one untimed closed-loop round
+    seq_runs: int  # timed runs one at a time
+    seq_rounds: int  # interleaved rounds they are split into
+    load_s: float  # seconds of open-loop load, split into load_rounds
+    load_rounds: int
+    in_flight: int  # closed loop: runs in flight at once
+    burst_runs: int  # runs per closed-loop round
+    burst_rounds: int
+    idle_s: float  # both processes idle, after the warm-up: their CPU then
+
+
+# Sized so that a full run takes about 3 minutes on a 2-core machine (--quick: under 1).
+PLAN = Plan(20, 300, 10, 40.0, 2, 8, 200, 4, 10.0)
+QUICK_PLAN = Plan(10, 60, 4, 10.0, 2, 8, 48, 2, 3.0)
+
+DEFAULT_RATE = 5.0
+
+
+# -- the bare chain (runs in a helper process: --bare-chain) -------------------------------
+
+EXPRESSION = re.compile(r"(\d+(?:\.\d+)?)\s*([-+*/])\s*(\d+(?:\.\d+)?)")
+OPERATORS: dict[str, Callable[[float, float], float]] = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
+}
+AMQP_PRIORITY = 5  # what the contract maps PRIORITY_NORMAL (and unspecified) to
+BARE_PREFETCH = 16  # the worker's default prefetch
+BARE_TENANT = "default"
+STREAM_BLOCK_MS = 2_000  # as the gateway's StreamRun
+STREAM_TTL_MS = 3_600_000
+
+
+def calculate(expression: str) -> float:
+    """`a op b`, the one thing the bare "tool" can do."""
+    match = EXPRESSION.fullmatch(expression.strip())
+    if match is None:
+        raise ValueError(f"not a binary expression: {expression!r}")
+    left, op, right = match.groups()
+    return OPERATORS[op](float(left), float(right))
+
+
+@dataclass(frozen=True, slots=True)
+class BareNames:
+    """The baseline's Kafka topics and groups, RabbitMQ exchange and queue, Redis keys."""
+
+    prefix: str
+
+    @property
+    def requested(self) -> str:
+        return self.prefix + "agent.requested"
+
+    @property
+    def called(self) -> str:
+        return self.prefix + "agent.tool_called"
+
+    @property
+    def tasks(self) -> str:  # the exchange, the queue and the routing key
+        return self.prefix + "tool_tasks"
+
+    @property
+    def groups(self) -> list[str]:
+        return [self.prefix + "planner", self.prefix + "composer"]
+
+    def stream(self, run_id: str) -> str:
+        return f"{self.prefix}run:{run_id}"
+
+
+class BareProducer:
+    """confluent-kafka with the mesh's settings (linger.ms=0, acks=all, idempotent);
+    delivery reports are served on a thread of their own and handed to the loop, which is
+    what any asyncio program must do with this client."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.producer = Producer(producer_config(settings, **{"linger.ms": 0}))
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._reports, name="bare-producer", daemon=True)
+        self.thread.start()
+
+    def _reports(self) -> None:
+        while not self.closed.is_set():
+            self.producer.poll(0.2)  # returns as soon as a report is there
+
+    async def produce(self, topic: str, value: bytes, key: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle(err: KafkaError | None) -> None:
+            if done.done():
+                return
+            if err is None:
+                done.set_result(None)
+            else:
+                done.set_exception(RuntimeError(f"produce to {topic} failed: {err}"))
+
+        def report(err: KafkaError | None, _record: Record) -> None:
+            loop.call_soon_threadsafe(settle, err)
+
+        self.producer.produce(topic, value, key, on_delivery=report)
+        await done
+
+    def warm(self, topics: Sequence[str]) -> None:
+        for topic in topics:  # connects and gets the producer id before the first run
+            self.producer.list_topics(topic, 10)
+
+    def close(self) -> None:
+        self.producer.flush(10)
+        self.closed.set()
+        self.thread.join()
+
+
+class BareConsumer:
+    """A group consumer polled on a thread of its own (its poll blocks); each record is
+    handled by a task on the loop, so records run concurrently as in the mesh. The offset
+    of a handled record is stored by the polling thread before its next poll (a call
+    from another thread would wait for the poll in flight: confluent-kafka serialises
+    the calls on one consumer) and auto-committed every 200 ms (the mesh commits at most
+    that often too), with no regard to order: at-least-once, loosely."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        group: str,
+        handler: Callable[[Record], Awaitable[None]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        conf = consumer_config(
+            settings, group, **{"enable.auto.commit": True, "auto.commit.interval.ms": 200}
+        )
+        self.consumer = Consumer(conf)
+        self.handler = handler
+        self.loop = loop
+        self.assigned = threading.Event()
+        self.stop = threading.Event()
+        self.done: collections.deque[Record] = collections.deque()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.consumer.subscribe([topic], on_assign=lambda _c, _p: self.assigned.set())
+        self.thread = threading.Thread(target=self._poll, name=f"bare-{group}", daemon=True)
+        self.thread.start()
+
+    def _store(self) -> None:
+        while self.done:
+            self.consumer.store_offsets(message=self.done.popleft())
+
+    def _poll(self) -> None:
+        while not self.stop.is_set():
+            self._store()
+            # Waits for the first record only, then takes what else is already fetched:
+            # consume(n, timeout) would wait for n records or the whole timeout.
+            first = self.consumer.poll(0.2)
+            if first is None:
+                continue
+            for record in [first, *self.consumer.consume(99, 0)]:
+                err = record.error()
+                if err is not None:
+                    print(f"{record.topic()}: {err}", file=sys.stderr, flush=True)
+                    continue
+                self.loop.call_soon_threadsafe(self._spawn, record)
+        self._store()
+
+    def _spawn(self, record: Record) -> None:
+        task = self.loop.create_task(self._handle(record))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _handle(self, record: Record) -> None:
+        try:
+            await self.handler(record)
+        except Exception:
+            traceback.print_exc()
+            return
+        self.done.append(record)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.consumer.close()  # commits what was stored
+
+
+class BareChain(gateway_pb2_grpc.AgentGatewayServicer):
+    """The same hops as a run through the mesh, with bare clients on one event loop:
+    gateway (Submit, StreamRun), "planner", "worker" and "composer" (see the module doc).
+    `stamps` records, per run, when each handler starts and when it hands the run on
+    (wall clock, ns), for the breakdown; that costs a dict write per hop."""
+
+    def __init__(self, settings: Settings, names: BareNames) -> None:
+        self.settings = settings
+        self.names = names
+        self.stamps: dict[str, dict[str, int]] = {}
+        self.consumers: list[BareConsumer] = []
+
+    def stamp(self, run_id: str, mark: str) -> None:
+        self.stamps.setdefault(run_id, {})[mark] = time.time_ns()
+
+    async def start(self, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.redis = aioredis.Redis.from_url(self.settings.redis_dsn)
+        await self.redis.ping()
+        self.rabbit = await aio_pika.connect(self.settings.amqp_url, timeout=10)
+        channel = await self.rabbit.channel(publisher_confirms=True, on_return_raises=True)
+        await channel.set_qos(prefetch_count=BARE_PREFETCH)
+        self.exchange = await channel.get_exchange(self.names.tasks, ensure=False)
+        self.queue = await channel.get_queue(self.names.tasks, ensure=False)
+        self.tag = await self.queue.consume(self.work)
+        self.producer = BareProducer(self.settings)
+        await asyncio.to_thread(self.producer.warm, [self.names.requested, self.names.called])
+        self.consumers = [
+            BareConsumer(
+                self.settings, self.names.requested, self.names.groups[0], self.plan, loop
+            ),
+            BareConsumer(
+                self.settings, self.names.called, self.names.groups[1], self.compose, loop
+            ),
+        ]
+        for consumer in self.consumers:
+            if not await asyncio.to_thread(consumer.assigned.wait, 60):
+                raise TimeoutError(f"no partitions assigned to {consumer.thread.name}")
+        self.server = grpc.aio.server()
+        gateway_pb2_grpc.add_AgentGatewayServicer_to_server(self, self.server)
+        self.server.add_insecure_port(f"{LOOPBACK}:{port}")
+        await self.server.start()
+
+    async def close(self) -> None:
+        with contextlib.suppress(AttributeError):
+            await self.server.stop(1)
+        for consumer in self.consumers:
+            await asyncio.to_thread(consumer.close)
+        with contextlib.suppress(AttributeError):
+            await self.queue.cancel(self.tag)
+            await asyncio.to_thread(self.producer.close)
+            await self.rabbit.close()
+            await self.redis.aclose()
+
+    # gateway
+    async def Submit(  # noqa: N802 - the generated method name
+        self, request: gateway_pb2.SubmitRequest, context: Any
+    ) -> gateway_pb2.SubmitResponse:
+        begun = time.time_ns()
+        run_id = uuid.uuid4().hex
+        event = events_pb2.AgentRequested(
+            run_id=run_id,
+            tenant_id=BARE_TENANT,
+            conversation_id=request.conversation_id or uuid.uuid4().hex,
+            prompt=request.prompt,
+            priority=request.priority,
+        )
+        event.request_time.GetCurrentTime()
+        self.stamps.setdefault(run_id, {})["gateway"] = begun
+        key = event.conversation_id.encode()
+        self.stamp(run_id, "requested")
+        await self.producer.produce(self.names.requested, event.SerializeToString(), key)
+        run = types_pb2.Run(
+            run_id=run_id,
+            tenant_id=BARE_TENANT,
+            conversation_id=event.conversation_id,
+            prompt=request.prompt,
+            status=types_pb2.RUN_STATUS_PENDING,
+        )
+        return gateway_pb2.SubmitResponse(run=run)
+
+    async def StreamRun(  # noqa: N802
+        self, request: gateway_pb2.StreamRunRequest, context: Any
+    ) -> Any:
+        key = self.names.stream(request.run_id)
+        last: bytes | str = "0-0"
+        reads = self.stamps.setdefault(request.run_id, {})
+        while True:
+            reads["xreads"] = reads.get("xreads", 0) + 1  # a count, not a time
+            got: Any = await self.redis.xread({key: last}, count=10, block=STREAM_BLOCK_MS)
+            for _stream, entries in got or ():
+                for entry_id, fields in entries:
+                    last = entry_id
+                    text = fields.get(b"answer")
+                    if text is not None:
+                        answer = types_pb2.Answer(text=text.decode())
+                        yield gateway_pb2.StreamRunResponse(
+                            event_id=entry_id.decode(),
+                            finished=gateway_pb2.RunFinished(status=COMPLETED, answer=answer),
+                        )
+                        return
+
+    # "planner": the request -> one tool task
+    async def plan(self, record: Record) -> None:
+        request = events_pb2.AgentRequested.FromString(record.value() or b"")
+        self.stamp(request.run_id, "planner")
+        match = EXPRESSION.search(request.prompt)
+        if match is None:
+            raise ValueError(f"nothing to work out in {request.prompt!r}")
+        arguments = struct_pb2.Struct()
+        arguments.update({"expression": match.group(0)})
+        task = tasks_pb2.ToolTask(
+            run_id=request.run_id,
+            tenant_id=request.tenant_id,
+            conversation_id=request.conversation_id,
+            step=request.step,
+            step_tool_count=1,
+            call=types_pb2.ToolCall(
+                tool_call_id=f"{request.run_id}.0.000", name="calculator", arguments=arguments
+            ),
+            priority=request.priority,
+            attempt=1,
+            max_attempts=1,
+        )
+        message = aio_pika.Message(
+            task.SerializeToString(),
+            content_type=PROTOBUF,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            priority=AMQP_PRIORITY,
+        )
+        self.stamp(request.run_id, "task")
+        await self.exchange.publish(message, self.names.tasks, mandatory=True)
+
+    # "worker": the tool task -> its result
+    async def work(self, message: AbstractIncomingMessage) -> None:
+        task = tasks_pb2.ToolTask.FromString(message.body)
+        self.stamp(task.run_id, "worker")
+        try:
+            value = calculate(str(task.call.arguments["expression"]))
+        except (ValueError, KeyError, ZeroDivisionError):
+            traceback.print_exc()
+            await message.reject()
+            return
+        result = types_pb2.ToolResult(
+            tool_call_id=task.call.tool_call_id,
+            name=task.call.name,
+            status=types_pb2.TOOL_CALL_STATUS_SUCCEEDED,
+            output=struct_pb2.Value(number_value=value),
+            attempts=1,
+        )
+        called = events_pb2.ToolCalled(
+            run_id=task.run_id,
+            tenant_id=task.tenant_id,
+            conversation_id=task.conversation_id,
+            step=task.step,
+            step_tool_count=task.step_tool_count,
+            call=task.call,
+            result=result,
+        )
+        key = task.conversation_id.encode()
+        self.stamp(task.run_id, "called")
+        await self.producer.produce(self.names.called, called.SerializeToString(), key)
+        await message.ack()
+
+    # "composer": the result -> the answer in the run's stream
+    async def compose(self, record: Record) -> None:
+        called = events_pb2.ToolCalled.FromString(record.value() or b"")
+        self.stamp(called.run_id, "composer")
+        expression = called.call.arguments["expression"]
+        text = f"{expression} = {called.result.output.number_value:g}."
+        key = self.names.stream(called.run_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, {"answer": text})
+            pipe.pexpire(key, STREAM_TTL_MS)
+            await pipe.execute()
+
+
+def _dump(path: Path, stamps: dict[str, dict[str, int]]) -> None:
+    path.write_text(json.dumps(stamps))
+
+
+async def serve_bare(prefix: str, port: int, stamps: Path) -> int:
+    """The helper process: the bare chain until SIGTERM, then its stamps to `stamps`."""
+    # Only Submit and StreamRun are served; the other methods answer UNIMPLEMENTED.
+    chain = BareChain(Settings(), BareNames(prefix))  # type: ignore[abstract]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await chain.start(port)
+        print(f"ready: bare chain on {LOOPBACK}:{port} (names under {prefix})", flush=True)
+        await stop.wait()
+    finally:
+        await chain.close()
+        _dump(stamps, chain.stamps)
+    return 0
+
+
+# -- the two processes ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (from /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+@dataclass
+class Child:
+    """A subprocess whose output goes to a file: no reader thread in this process, so
+    nothing competes with the client for the GIL while it measures."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    output_path: Path
+
+    @classmethod
+    def start(cls, name: str, argv: Sequence[str], env: dict[str, str], output: Path) -> Child:
+        with output.open("wb") as out:
+            popen = subprocess.Popen(
+                list(argv), cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            )
+        return cls(name, popen, output)
+
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace")
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
+
+    async def ready(self, timeout: float = READY_TIMEOUT_S) -> str:
+        """The `ready:` line, once the process printed it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = next((ln for ln in self.output().splitlines() if ln.startswith("ready:")), "")
+            if line:
+                return line
+            if self.popen.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited ({self.popen.returncode}) before it was ready:\n"
+                    + self.tail()
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s:\n{self.tail()}")
+            await asyncio.sleep(0.1)
+
+    def cpu_s(self) -> float:
+        return process_cpu_s(self.popen.pid)
+
+    async def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM, then waits for the exit (SIGKILL after `timeout`)."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.to_thread(self.popen.wait, timeout)
+        except subprocess.TimeoutExpired:
+            log(f"  {self.name} did not stop within {timeout:.0f} s: killing it")
+            self.popen.kill()
+            return await asyncio.to_thread(self.popen.wait, 10)
+
+
+def stack_pids(settings: Settings) -> dict[str, int]:
+    """Pids of the local stack's processes (for their CPU time; read only)."""
+    files = {
+        "kafka": "kafka/kafka.pid",
+        "rabbitmq": "rabbitmq/beam.pid",
+        "redis": "redis/redis.pid",
+        "memcached": "memcached/memcached.pid",
+    }
+    pids = {}
+    for name, rel in files.items():
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((settings.stack_dir / rel).read_text().strip())
+            process_cpu_s(pid)
+            pids[name] = pid
+    return pids
+
+
+def stack_cpu_s(pids: dict[str, int]) -> float:
+    total = 0.0
+    for pid in pids.values():
+        with contextlib.suppress(OSError):
+            total += process_cpu_s(pid)
+    return total
+
+
+# -- the client ----------------------------------------------------------------------------
+
+
+class RunError(Exception):
+    """A run did not end as it must (not completed, a wrong answer, an error, a timeout)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One run as the client saw it."""
+
+    run_id: str
+    t0: float  # perf_counter before Submit
+    t1: float  # perf_counter when `finished` arrived
+    wall0: int  # the same two moments on the wall clock (ns), to line up with spans
+    wall1: int
+    events: int  # stream events received
+
+    @property
+    def ms(self) -> float:
+        return (self.t1 - self.t0) * 1e3
+
+
+@dataclass(slots=True)
+class CpuMeter:
+    """CPU seconds spent while one side's rounds of one phase ran."""
+
+    server: float = 0.0  # the services' process (agentflux serve, or the bare helper)
+    client: float = 0.0  # this process
+    stack: float = 0.0  # Kafka, RabbitMQ, Redis, Memcached (shared with everyone else)
+    seconds: float = 0.0  # wall time of those rounds
+
+
+@dataclass
+class Side:
+    """One side of the comparison: its process and a bare client channel to it."""
+
+    name: str
+    proc: Child
+    channel: grpc.aio.Channel
+    strict: bool  # check the stream as the contract says: joined deltas == answer
+    stub: Any = None
+
+    def __post_init__(self) -> None:
+        # grpc.aio calls are awaitables; the generated stubs type them as plain responses.
+        self.stub = gateway_pb2_grpc.AgentGatewayStub(self.channel)
+
+    def check(
+        self, run_id: str, finished: gateway_pb2.RunFinished | None, deltas: list[str]
+    ) -> None:
+        where = f"{self.name} run {run_id}"
+        if finished is None:
+            raise RunError(f"{where}: the stream ended without `finished`")
+        if finished.status != COMPLETED:
+            status = types_pb2.CompletionStatus.Name(finished.status)
+            raise RunError(f"{where} ended {status}: {finished.error_message}")
+        if finished.answer.text != ANSWER:
+            raise RunError(f"{where} answered {finished.answer.text!r}, not {ANSWER!r}")
+        if self.strict and "".join(deltas) != ANSWER:
+            raise RunError(f"{where}: the answer deltas join to {''.join(deltas)!r}")
+
+
+async def one_run(side: Side) -> Sample:
+    """Submit, then StreamRun until `finished`; checked (see `Side.check`)."""
+    wall0, t0 = time.time_ns(), time.perf_counter()
+    request = gateway_pb2.SubmitRequest(prompt=PROMPT, request_id=uuid.uuid4().hex)
+    run_id = "?"
+    finished: gateway_pb2.RunFinished | None = None
+    deltas: list[str] = []
+    events, t1, wall1 = 0, 0.0, 0
+    try:
+        response = await side.stub.Submit(request, timeout=RUN_TIMEOUT_S)
+        run_id = response.run.run_id
+        stream = gateway_pb2.StreamRunRequest(run_id=run_id)
+        # Read to the end, not left after `finished`: the gateway ends the stream there.
+        async for event in side.stub.StreamRun(stream, timeout=RUN_TIMEOUT_S):
+            events += 1
+            kind = event.WhichOneof("event")
+            if kind == "finished":
+                t1, wall1 = time.perf_counter(), time.time_ns()
+                finished = event.finished
+            elif kind == "answer_delta":
+                deltas.append(event.answer_delta.text)
+    except grpc.aio.AioRpcError as exc:
+        raise RunError(f"{side.name} run {run_id}: {exc.code().name}: {exc.details()}") from None
+    side.check(run_id, finished, deltas)
+    return Sample(run_id, t0, t1, wall0, wall1, events)
+
+
+# -- measuring -----------------------------------------------------------------------------
+
+
+def _orders(sides: Sequence[Side], rounds: int) -> Iterator[Sequence[Side]]:
+    """bare, agentflux / agentflux, bare / ...: neither side always goes first."""
+    for r in range(rounds):
+        yield sides if r % 2 == 0 else sides[::-1]
+
+
+@contextlib.contextmanager
+def metered(side: Side, meter: CpuMeter, pids: dict[str, int]) -> Iterator[None]:
+    gc.collect()  # each round pays for its own garbage, not the previous round's
+    before = (side.proc.cpu_s(), time.process_time(), stack_cpu_s(pids), time.perf_counter())
+    try:
+        yield
+    finally:
+        meter.server += side.proc.cpu_s() - before[0]
+        meter.client += time.process_time() - before[1]
+        meter.stack += stack_cpu_s(pids) - before[2]
+        meter.seconds += time.perf_counter() - before[3]
+
+
+@dataclass
+class Phase:
+    """One side's samples and CPU in one measurement."""
+
+    samples: list[Sample] = field(default_factory=list)
+    cpu: CpuMeter = field(default_factory=CpuMeter)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    def stats(self) -> Stats:
+        return Stats.of([s.ms for s in self.samples])
+
+    def per_run_ms(self, what: str) -> float:
+        seconds: float = getattr(self.cpu, what)
+        return seconds / max(1, len(self.samples)) * 1e3
+
+
+async def warm_up(side: Side, plan: Plan) -> None:
+    for _ in range(plan.warmup):
+        await one_run(side)
+    await closed_round(side, plan.in_flight, plan.in_flight * 2)
+
+
+async def idle_cpu(sides: Sequence[Side], seconds: float) -> dict[str, float]:
+    """CPU of each services' process while nothing runs, as a share of one core."""
+    await asyncio.sleep(1.0)  # the warm-up's last runs are indexed meanwhile
+    before = {s.name: s.proc.cpu_s() for s in sides}
+    await asyncio.sleep(seconds)
+    return {s.name: (s.proc.cpu_s() - before[s.name]) / seconds for s in sides}
+
+
+async def sequential(sides: Sequence[Side], plan: Plan, pids: dict[str, int]) -> dict[str, Phase]:
+    """One run at a time, interleaved rounds."""
+    phases = {s.name: Phase() for s in sides}
+    per_round = -(-plan.seq_runs // plan.seq_rounds)
+    for order in _orders(sides, plan.seq_rounds):
+        for side in order:
+            phase = phases[side.name]
+            with metered(side, phase.cpu, pids):
+                for _ in range(per_round):
+                    phase.samples.append(await one_run(side))
+    return phases
+
+
+def max_in_flight(samples: Sequence[Sample]) -> int:
+    moments = sorted([(s.t0, 1) for s in samples] + [(s.t1, -1) for s in samples])
+    peak = now = 0
+    for _, step in moments:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+# A side kept up with the load when every run finished and the last one finished within
+# this long after it was submitted: no backlog built up behind the schedule.
+DRAIN_LIMIT_S = 1.0
+
+
+async def open_round(side: Side, rate: float, n: int) -> dict[str, Any]:
+    """`n` runs started on a fixed schedule (`rate` per second), whether or not the
+    earlier ones finished (open loop)."""
+    start = time.perf_counter() + 0.05
+    late: list[float] = []
+    runs: list[asyncio.Task[Sample]] = []
+    for i in range(n):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        late.append(time.perf_counter() - due)
+        runs.append(asyncio.create_task(one_run(side)))
+    try:
+        samples = list(await asyncio.gather(*runs))
+    except BaseException:
+        for task in runs:
+            task.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+        raise
+    first = min(s.t0 for s in samples)
+    last_start = max(s.t0 for s in samples)
+    last_end = max(s.t1 for s in samples)
+    return {
+        "samples": samples,
+        "runs": n,
+        "achieved_per_s": n / (last_end - first),
+        "drain_s": last_end - last_start,
+        "late_max_ms": max(late) * 1e3,
+        "max_in_flight": max_in_flight(samples),
+        "kept_up": last_end - last_start <= DRAIN_LIMIT_S,
+    }
+
+
+async def open_loop(
+    sides: Sequence[Side], plan: Plan, rate: float, pids: dict[str, int]
+) -> dict[str, Phase]:
+    phases = {s.name: Phase() for s in sides}
+    n = max(1, round(rate * plan.load_s / plan.load_rounds))
+    for order in _orders(sides, plan.load_rounds):
+        for side in order:
+            phase = phases[side.name]
+            with metered(side, phase.cpu, pids):
+                got = await open_round(side, rate, n)
+            phase.samples += got.pop("samples")
+            phase.rounds.append(got)
+    return phases
+
+
+async def closed_round(side: Side, k: int, n: int) -> tuple[float, list[Sample]]:
+    """`n` runs by `k` clients, each starting its next run when its last one finished."""
+    left = n
+    samples: list[Sample] = []
+
+    async def client() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            samples.append(await one_run(side))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(k)))
+    return n / (time.perf_counter() - t0), samples
+
+
+async def closed_loop(sides: Sequence[Side], plan: Plan, pids: dict[str, int]) -> dict[str, Phase]:
+    phases = {s.name: Phase() for s in sides}
+    for order in _orders(sides, plan.burst_rounds):
+        for side in order:
+            phase = phases[side.name]
+            with metered(side, phase.cpu, pids):
+                rate, samples = await closed_round(side, plan.in_flight, plan.burst_runs)
+            phase.samples += samples
+            phase.rounds.append({"runs": plan.burst_runs, "runs_per_s": rate})
+    return phases
+
+
+# -- where the time goes -------------------------------------------------------------------
+
+# Moments of a run, in causal order, on the wall clock: where each handler starts and
+# where it hands the run on (a produce or publish starts). "submit" and "received" are
+# the client's; the others come from the mesh's spans (agentflux) or the helper's stamps
+# (bare). A hand-off is timed from its start, not from the broker's ack: the next
+# handler often starts before the ack is back (RabbitMQ delivers before it confirms).
+MARKS = (
+    "submit",
+    "gateway",
+    "requested",
+    "planner",
+    "task",
+    "worker",
+    "called",
+    "composer",
+    "received",
+)
+SEGMENTS = (
+    "client -> gateway's Submit handler (gRPC)",
+    "gateway: Submit handler until it produces the request",
+    "Kafka agent.requested: produce -> planner's handler",
+    "planner: handler until it publishes the tool task",
+    "RabbitMQ tool task: publish -> worker's handler",
+    "worker: handler until it produces the result",
+    "Kafka agent.tool_called: produce -> composer's handler",
+    "composer and run stream: handler -> client has `finished`",
+)
+# Which span gives each mark on the agentflux side: (service, kind, name suffix). The
+# mark is the span's start.
+SPAN_MARKS = {
+    "gateway": ("gateway", "SERVER", "/Submit"),
+    "requested": ("gateway", "PRODUCER", "agent.requested"),
+    "planner": ("planner", "CONSUMER", "agent.requested"),
+    "task": ("planner", "PRODUCER", "tool_tasks"),
+    "worker": ("worker", "CONSUMER", "tool_tasks"),
+    "called": ("worker", "PRODUCER", "agent.tool_called"),
+    "composer": ("composer", "CONSUMER", "agent.tool_called"),
+}
+
+
+@dataclass
+class SpanFacts:
+    """What the mesh's span store says about its runs."""
+
+    marks: dict[str, dict[str, int]]  # run id -> mark -> wall clock ns
+    counts: dict[str, collections.Counter[str]]  # run id -> what its trace holds
+    streams: list[collections.Counter[str]]  # the same for each StreamRun call's trace
+
+
+def _what(span: dict[str, Any]) -> str:
+    attributes = span.get("attributes", {})
+    db = attributes.get("db.system")
+    if db:
+        return f"{db} {span['service']}"
+    if span["kind"] == "PRODUCER":
+        return f"published {attributes.get('messaging.system', '?')}"
+    return ""
+
+
+def span_facts(folder: Path) -> SpanFacts:
+    """Marks and counts of every run in the mesh's span store (one pass over it). A
+    run's trace starts at its Submit; each StreamRun call is a trace of its own (the
+    bench's client sends no trace context), which carries no run id."""
+    wanted: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for mark, (service, kind, suffix) in SPAN_MARKS.items():
+        wanted.setdefault((service, kind), []).append((suffix, mark))
+    by_trace: dict[str, dict[str, int]] = {}
+    counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    run_of: dict[str, str] = {}
+    streams: set[str] = set()
+    for path in sorted(folder.glob("*.jsonl")):
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                try:
+                    span = json.loads(line)
+                except ValueError:  # a torn or empty line
+                    continue
+                trace = span["trace_id"]
+                run_id = span.get("attributes", {}).get("agentflux.run_id")
+                if run_id:
+                    run_of[trace] = run_id
+                if span["kind"] == "SERVER" and span["name"].endswith("/StreamRun"):
+                    streams.add(trace)
+                counts[trace]["spans"] += 1
+                what = _what(span)
+                if what:
+                    counts[trace][what] += 1
+                for suffix, mark in wanted.get((span["service"], span["kind"]), ()):
+                    if span["name"].endswith(suffix):
+                        by_trace.setdefault(trace, {})[mark] = int(span["start_ns"])
+    return SpanFacts(
+        marks={run_of[t]: marks for t, marks in by_trace.items() if t in run_of},
+        counts={run_of[t]: c for t, c in counts.items() if t in run_of},
+        streams=[counts[t] for t in streams],
+    )
+
+
+def run_costs(facts: SpanFacts, samples: Sequence[Sample]) -> dict[str, float]:
+    """Median count of each thing per run (its own trace) and per StreamRun call."""
+    runs = [facts.counts[s.run_id] for s in samples if s.run_id in facts.counts]
+    out: dict[str, float] = {}
+    for prefix, traces in (("run", runs), ("stream", facts.streams)):
+        keys = {k for c in traces for k in c}
+        for key in sorted(keys):
+            out[f"{prefix}: {key}"] = statistics.median(c[key] for c in traces)
+        out[f"{prefix}: traces"] = len(traces)
+    return out
+
+
+def breakdown(
+    samples: Sequence[Sample], marks: dict[str, dict[str, int]]
+) -> tuple[list[float], float, int]:
+    """Median ms of each segment over the runs with every mark, the median latency of
+    those runs, and how many they were."""
+    rows: list[list[float]] = []
+    totals = []
+    for s in samples:
+        got = {**marks.get(s.run_id, {}), "submit": s.wall0, "received": s.wall1}
+        if all(m in got for m in MARKS):
+            times = [got[m] for m in MARKS]
+            rows.append([(b - a) / 1e6 for a, b in itertools.pairwise(times)])
+            totals.append((times[-1] - times[0]) / 1e6)
+    if not rows:
+        return [], 0.0, 0
+    return (
+        [statistics.median(col) for col in zip(*rows, strict=True)],
+        statistics.median(totals),
+        len(rows),
+    )
+
+
+def _read_stamps(path: Path) -> dict[str, dict[str, int]]:
+    try:
+        stamps: dict[str, dict[str, int]] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return stamps
+
+
+# -- clean-up ------------------------------------------------------------------------------
+
+
+async def purge_memcached(settings: Settings, prefix: str) -> int:
+    """Deletes the Memcached keys under `prefix` (the mesh's read-through cache), found
+    with `lru_crawler metadump all`."""
+    host, port = settings.memcached_address
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(b"lru_crawler metadump all\r\n")
+        keys = []
+        async with asyncio.timeout(30):
+            while True:
+                line = (await reader.readline()).decode(errors="replace").strip()
+                if not line or line == "END" or line.startswith(("ERROR", "BUSY", "CLIENT_ERROR")):
+                    if line != "END":
+                        raise RuntimeError(f"memcached metadump: {line or 'connection closed'}")
+                    break
+                key = unquote(line.split(" ", 1)[0].removeprefix("key="))
+                if key.startswith(prefix):
+                    keys.append(key)
+            for key in keys:
+                writer.write(f"delete {key}\r\n".encode())
+                await writer.drain()
+                await reader.readline()
+        return len(keys)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def _drop_kafka_names(settings: Settings, topics: list[str], group_prefix: str) -> None:
+    """Deletes `topics` and every consumer group under `group_prefix`. A group that still
+    has members (a process that was killed: they linger for the session timeout) is
+    tried again for up to 30 s."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    listed = await asyncio.wrap_future(admin.list_consumer_groups(request_timeout=30))
+    groups = [g.group_id for g in listed.valid if g.group_id.startswith(group_prefix)]
+    deadline = time.monotonic() + 30
+    while groups:
+        busy = []
+        for group, fut in admin.delete_consumer_groups(groups, request_timeout=30).items():
+            try:
+                await asyncio.wrap_future(fut)
+            except KafkaException as exc:
+                code = exc.args[0].code()
+                if code == KafkaError.NON_EMPTY_GROUP and time.monotonic() < deadline:
+                    busy.append(group)
+                elif code != KafkaError.GROUP_ID_NOT_FOUND:
+                    log(f"  clean-up of consumer group {group} failed: {exc!r}")
+        groups = busy
+        if groups:
+            await asyncio.sleep(2)
+    for topic, fut in admin.delete_topics(topics, operation_timeout=30).items():
+        try:
+            await asyncio.wrap_future(fut)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                log(f"  clean-up of Kafka topic {topic} failed: {exc!r}")
+
+
+async def clean_up(settings: Settings, ns: str, bare: BareNames) -> None:
+    """Deletes what either side made; every step runs even when an earlier one failed."""
+    log("cleaning up")
+
+    async def step(what: str, action: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            await action()
+        except Exception as exc:
+            log(f"  clean-up of {what} failed: {exc!r}")
+
+    async def kafka() -> None:
+        topics = [t.name for t in kafka_topics(settings, prefix=ns)]
+        await _drop_kafka_names(settings, topics, ns)
+        await _drop_kafka_names(settings, [bare.requested, bare.called], bare.prefix)
+
+    async def rabbit() -> None:
+        await _drop_rabbit(settings, task_topologies(settings, prefix=ns))
+        connection = await aio_pika.connect(settings.amqp_url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            await channel.queue_delete(bare.tasks)
+            await channel.exchange_delete(bare.tasks)
+
+    async def redis() -> None:
+        client = aioredis.Redis.from_url(settings.redis_dsn)
+        try:
+            for prefix in (ns, bare.prefix):
+                await purge_redis(client, prefix)
+        finally:
+            await client.aclose()
+
+    async def memcached() -> None:
+        await purge_memcached(settings, ns)
+
+    await step("Kafka topics and groups", kafka)
+    await step("RabbitMQ queues and exchanges", rabbit)
+    await step("Redis keys", redis)
+    await step("Memcached keys", memcached)
+
+
+async def declare_bare(settings: Settings, bare: BareNames) -> None:
+    """The baseline's two topics (partitions as the mesh's) and its task exchange and
+    classic priority queue (durable, as the mesh's)."""
+    keep = {"retention.ms": str(3_600_000)}
+    await ensure_kafka_topics(
+        settings,
+        [TopicSpec(t, settings.kafka_partitions, keep) for t in (bare.requested, bare.called)],
+    )
+    connection = await aio_pika.connect(settings.amqp_url, timeout=10)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            bare.tasks, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        queue = await channel.declare_queue(
+            bare.tasks, durable=True, arguments={"x-max-priority": 10}
+        )
+        await queue.bind(exchange, bare.tasks)
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def _ratio(flux: float, bare: float) -> str:
+    return f"{flux / bare:.2f}x" if bare > 0 else "-"
+
+
+def cpu_rows(bare: Phase, flux: Phase, stack: bool) -> list[tuple[str, str, str, str]]:
+    rows = [("services' process CPU ms/run", "server"), ("client CPU ms/run", "client")]
+    if stack:
+        rows.append(("stack CPU ms/run (Kafka, RabbitMQ, Redis, Memcached)", "stack"))
+    out = []
+    for label, what in rows:
+        b, f = bare.per_run_ms(what), flux.per_run_ms(what)
+        out.append((label, _ms(b), _ms(f), _ratio(f, b)))
+    return out
+
+
+HEADER = ("", "bare", "agentflux", "agentflux/bare")
+
+
+def busy_row(bare: Phase, flux: Phase) -> tuple[str, str, str, str]:
+    """How busy the services' process was while its side's rounds ran."""
+    return (
+        "services' process CPU, % of one core",
+        f"{bare.cpu.server / bare.cpu.seconds * 100:.0f}%",
+        f"{flux.cpu.server / flux.cpu.seconds * 100:.0f}%",
+        "",
+    )
+
+
+def sequential_table(phases: dict[str, Phase], idle: dict[str, float], stack: bool) -> str:
+    bare, flux = phases["bare"], phases["agentflux"]
+    b, f = bare.stats(), flux.stats()
+    body = [("runs", str(b.n), str(f.n), "")]
+    for label, attr in (
+        ("p50 ms", "p50"),
+        ("p90 ms", "p90"),
+        ("p99 ms", "p99"),
+        ("mean ms", "mean"),
+    ):
+        bv, fv = getattr(b, attr), getattr(f, attr)
+        body.append((label, _ms(bv), _ms(fv), _ratio(fv, bv)))
+    body.append(
+        (
+            "runs/s, one at a time",
+            f"{b.ops_per_s:,.1f}",
+            f"{f.ops_per_s:,.1f}",
+            _ratio(f.ops_per_s, b.ops_per_s),
+        )
+    )
+    body += cpu_rows(bare, flux, stack)
+    body.append(busy_row(bare, flux))
+    if idle:
+        b_idle, f_idle = idle["bare"] * 100, idle["agentflux"] * 100
+        body.append(
+            ("services' process CPU at idle, % of one core", f"{b_idle:.1f}%", f"{f_idle:.1f}%", "")
+        )
+    return _markdown(HEADER, body)
+
+
+def open_table(phases: dict[str, Phase], stack: bool) -> str:
+    bare, flux = phases["bare"], phases["agentflux"]
+    b, f = bare.stats(), flux.stats()
+
+    def rounds(phase: Phase, key: str, fmt: str) -> str:
+        return " / ".join(format(r[key], fmt) for r in phase.rounds)
+
+    def kept(phase: Phase) -> str:
+        return "yes" if all(r["kept_up"] for r in phase.rounds) else "NO"
+
+    body = [
+        ("runs", str(b.n), str(f.n), ""),
+        (
+            "achieved runs/s, per round",
+            rounds(bare, "achieved_per_s", ".2f"),
+            rounds(flux, "achieved_per_s", ".2f"),
+            "",
+        ),
+        ("kept up (every round)", kept(bare), kept(flux), ""),
+        (
+            "last run done after its start, s",
+            rounds(bare, "drain_s", ".2f"),
+            rounds(flux, "drain_s", ".2f"),
+            "",
+        ),
+        (
+            "most runs in flight",
+            str(max(r["max_in_flight"] for r in bare.rounds)),
+            str(max(r["max_in_flight"] for r in flux.rounds)),
+            "",
+        ),
+    ]
+    for label, attr in (("p50 ms", "p50"), ("p90 ms", "p90"), ("p99 ms", "p99")):
+        bv, fv = getattr(b, attr), getattr(f, attr)
+        body.append((label, _ms(bv), _ms(fv), _ratio(fv, bv)))
+    body += cpu_rows(bare, flux, stack)
+    body.append(busy_row(bare, flux))
+    return _markdown(HEADER, body)
+
+
+def closed_table(phases: dict[str, Phase], stack: bool) -> str:
+    bare, flux = phases["bare"], phases["agentflux"]
+    b, f = bare.stats(), flux.stats()
+    rb = [r["runs_per_s"] for r in bare.rounds]
+    rf = [r["runs_per_s"] for r in flux.rounds]
+    mb, mf = statistics.median(rb), statistics.median(rf)
+    body = [
+        ("runs", str(b.n), str(f.n), ""),
+        ("runs/s (median of rounds)", f"{mb:,.1f}", f"{mf:,.1f}", _ratio(mf, mb)),
+        (
+            "runs/s, rounds min-max",
+            f"{min(rb):,.1f}-{max(rb):,.1f}",
+            f"{min(rf):,.1f}-{max(rf):,.1f}",
+            "",
+        ),
+    ]
+    for label, attr in (("p50 ms", "p50"), ("p99 ms", "p99")):
+        bv, fv = getattr(b, attr), getattr(f, attr)
+        body.append((label, _ms(bv), _ms(fv), _ratio(fv, bv)))
+    body += cpu_rows(bare, flux, stack)
+    body.append(busy_row(bare, flux))
+    return _markdown(HEADER, body)
+
+
+REDIS_ROWS = (
+    ("Redis commands, gateway's Submit", "run: redis gateway", "0"),
+    ("Redis commands, planner", "run: redis planner", "0"),
+    ("Redis commands, worker", "run: redis worker", "0"),
+    ("Redis commands, composer", "run: redis composer", "2 (XADD, PEXPIRE: 1 pipeline)"),
+    ("Redis commands, indexer", "run: redis indexer", "none (no indexer)"),
+    ("Redis commands, gateway's StreamRun", "stream: redis gateway", ""),
+)
+
+
+def cost_table(costs: dict[str, float], bare_xreads: float) -> str:
+    """What one run costs in spans, round trips and messages (agentflux: from its
+    spans; bare: by construction, its XREADs counted)."""
+
+    def got(key: str) -> str:
+        return f"{costs.get(key, 0):g}"
+
+    memcached = sum(v for k, v in costs.items() if k.startswith("run: memcached"))
+    redis = sum(v for k, v in costs.items() if k.startswith(("run: redis", "stream: redis")))
+    body = [
+        ("spans, the run's trace", got("run: spans"), "0"),
+        ("spans, its StreamRun call", got("stream: spans"), "0"),
+    ]
+    for label, key, bare in REDIS_ROWS:
+        body.append((label, got(key), bare or f"{bare_xreads:g} (XREAD BLOCK)"))
+    body += [
+        ("Redis commands in all", f"{redis:g}", f"{bare_xreads + 2:g}"),
+        ("Memcached gets", f"{memcached:g}", "0"),
+        ("Kafka records produced", got("run: published kafka"), "2"),
+        ("RabbitMQ messages published", got("run: published rabbitmq"), "1"),
+    ]
+    return _markdown(("per run (median)", "agentflux", "bare"), body)
+
+
+def breakdown_table(got: dict[str, tuple[list[float], float, int]]) -> str:
+    (bare, bare_total, nb), (flux, flux_total, nf) = got["bare"], got["agentflux"]
+    header = ("segment (median ms)", "bare", "agentflux", "agentflux - bare")
+    body = [
+        (label, _ms(b), _ms(f), f"{f - b:+.2f}")
+        for label, b, f in zip(SEGMENTS, bare, flux, strict=True)
+    ]
+    body.append(
+        (
+            f"whole run (median; runs: {nb} bare, {nf} agentflux)",
+            _ms(bare_total),
+            _ms(flux_total),
+            f"{flux_total - bare_total:+.2f}",
+        )
+    )
+    return _markdown(header, body)
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def mesh_env(ns: str, gateway: int, indexer: int, folder: Path) -> dict[str, str]:
+    """The mesh's environment: its namespace, ports, index folder and span store."""
+    return {
+        **os.environ,
+        "AGENTFLUX_NAMESPACE": ns,
+        "AGENTFLUX_GATEWAY_PORT": str(gateway),
+        "AGENTFLUX_INDEXER_PORT": str(indexer),
+        "AGENTFLUX_INDEX_DIR": str(folder / "index"),
+        # The span store stays on (the default), in the temporary folder: <stack_dir>/traces.
+        # stack_dir is read for nothing else by `serve`.
+        "AGENTFLUX_STACK_DIR": str(folder),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _progress(label: str, phases: dict[str, Phase]) -> None:
+    b, f = phases["bare"].stats(), phases["agentflux"].stats()
+    log(
+        f"  {label}: p50 bare {_ms(b.p50)} ms, agentflux {_ms(f.p50)} ms "
+        f"({f.p50 / b.p50:.2f}x); p99 {_ms(b.p99)} vs {_ms(f.p99)} ms"
+    )
+
+
+async def start_sides(
+    stack: AsyncExitStack, folder: Path, ns: str, bare: BareNames, procs: list[Child]
+) -> list[Side]:
+    """Both processes, started at once and waited for; a client channel to each."""
+    gateway_port, bare_port = free_port(), free_port()
+    flux = Child.start(
+        "agentflux serve",
+        [AGENTFLUX, "serve"],
+        mesh_env(ns, gateway_port, free_port(), folder),
+        folder / "serve.log",
+    )
+    procs.append(flux)
+    helper = [sys.executable, "-m", "bench.runs", "--bare-chain", bare.prefix]
+    helper += ["--port", str(bare_port), "--stamps", str(folder / "bare-stamps.json")]
+    bare_proc = Child.start(
+        "bare chain", helper, {**os.environ, "PYTHONUNBUFFERED": "1"}, folder / "bare.log"
+    )
+    procs.append(bare_proc)
+    t0 = time.monotonic()
+    lines = await asyncio.gather(bare_proc.ready(), flux.ready())
+    log(f"both sides ready in {time.monotonic() - t0:.1f} s:")
+    for line in lines:
+        log(f"  {line}")
+    sides = []
+    for name, proc, port, strict in (
+        ("bare", bare_proc, bare_port, False),
+        ("agentflux", flux, gateway_port, True),
+    ):
+        channel = grpc.aio.insecure_channel(f"{LOOPBACK}:{port}")
+        stack.push_async_callback(channel.close)
+        sides.append(Side(name, proc, channel, strict))
+    return sides
+
+
+async def measure_all(
+    sides: Sequence[Side],
+    plan: Plan,
+    rate: float,
+    pids: dict[str, int],
+    results: dict[str, dict[str, Phase]],
+    idle: dict[str, float],
+) -> None:
+    k = plan.in_flight
+    log(f"warm-up: {plan.warmup} runs one at a time, then {2 * k} with {k} in flight, per side")
+    for side in sides:
+        await warm_up(side, plan)
+    idle.update(await idle_cpu(sides, plan.idle_s))
+    log("  idle: " + ", ".join(f"{n} {v * 100:.1f}% of a core" for n, v in idle.items()))
+    log(f"sequential: {plan.seq_runs} runs per side in {plan.seq_rounds} rounds")
+    results["sequential"] = await sequential(sides, plan, pids)
+    _progress("sequential", results["sequential"])
+    log(f"open loop: {rate:g} runs/s for {plan.load_s:g} s per side, {plan.load_rounds} rounds")
+    results["open"] = await open_loop(sides, plan, rate, pids)
+    _progress("open loop", results["open"])
+    log(f"closed loop: {k} in flight, {plan.burst_runs} runs per round, {plan.burst_rounds} rounds")
+    results["closed"] = await closed_loop(sides, plan, pids)
+    _progress("closed loop", results["closed"])
+
+
+async def run(args: argparse.Namespace) -> int:
+    settings = Settings()
+    plan = QUICK_PLAN if args.quick else PLAN
+    rate: float = args.rate
+    token = uuid.uuid4().hex[:8]
+    ns = f"bench-{token}."  # a mesh namespace is a single label
+    bare = BareNames(f"bench.{token}.")
+    started = datetime.now(UTC)
+    problems = await preflight(settings, ("kafka", "rabbitmq", "redis", "memcached"))
+    if problems:
+        for problem in problems:
+            log(f"cannot run: {problem}")
+        log("the bench runs against the local stack: start it with `make stack-up`")
+        return 2
+    load_start = os.getloadavg()
+    log(
+        f"agentflux bench runs ({'quick' if args.quick else 'full'}): mesh namespace {ns}, "
+        f"bare names under {bare.prefix}; {os.cpu_count()} CPUs, load {load_start[0]:.2f}"
+    )
+    pids = stack_pids(settings)
+    results: dict[str, dict[str, Phase]] = {}
+    idle: dict[str, float] = {}
+    costs: dict[str, float] = {}
+    bare_marks: dict[str, dict[str, int]] = {}
+    breakdowns: dict[str, dict[str, tuple[list[float], float, int]]] = {}
+    failures: list[str] = []
+    t_all = time.monotonic()
+    async with AsyncExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentflux-bench-")))
+        stack.push_async_callback(clean_up, settings, ns, bare)  # after both processes stop
+        procs: list[Child] = []
+        for_sure = stack.push_async_callback
+        try:
+            await declare_bare(settings, bare)
+            sides = await start_sides(stack, folder, ns, bare, procs)
+            for proc in procs:
+                for_sure(proc.stop)
+            await measure_all(sides, plan, rate, pids, results, idle)
+        except Exception as exc:
+            failures.append(f"{type(exc).__name__}: {exc}")
+            log(f"FAILED: {failures[-1]}")
+        # Stopped here, not only on the way out, so that the mesh's spans are flushed and
+        # the bare chain's stamps written before the breakdown reads them.
+        for proc in procs:
+            code = await proc.stop()
+            if code != 0:
+                failures.append(f"{proc.name} exited {code} (0 expected, after SIGTERM)")
+                log(f"{failures[-1]}; its last lines:\n{proc.tail()}")
+        if results:
+            facts = span_facts(folder / "traces")
+            flux_marks = facts.marks
+            if "sequential" in results:
+                costs.update(run_costs(facts, results["sequential"]["agentflux"].samples))
+            bare_marks = _read_stamps(folder / "bare-stamps.json")
+            for phase in ("sequential", "closed"):
+                if phase in results:
+                    breakdowns[phase] = {
+                        "bare": breakdown(results[phase]["bare"].samples, bare_marks),
+                        "agentflux": breakdown(results[phase]["agentflux"].samples, flux_marks),
+                    }
+    log(f"done in {time.monotonic() - t_all:.1f} s")
+    print(report(results, idle, costs, bare_marks, breakdowns, plan, rate, bool(pids)))
+    if failures:
+        print("\nFAILED: " + "; ".join(failures))
+    if args.json:
+        load = (load_start, os.getloadavg())
+        doc = to_json(results, idle, costs, breakdowns, plan, rate, args, started, load, failures)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        log(f"results written to {args.json}")
+    return 1 if failures else 0
+
+
+def report(
+    results: dict[str, dict[str, Phase]],
+    idle: dict[str, float],
+    costs: dict[str, float],
+    bare_marks: dict[str, dict[str, int]],
+    breakdowns: dict[str, dict[str, tuple[list[float], float, int]]],
+    plan: Plan,
+    rate: float,
+    stack: bool,
+) -> str:
+    if not results:
+        return "No phase finished."
+    parts = []
+    if "sequential" in results:
+        parts += [
+            f"One run at a time ({plan.seq_runs} runs per side, {plan.seq_rounds} interleaved "
+            "rounds); latency = Submit -> `finished` received, ms; ratio = agentflux / bare:",
+            sequential_table(results["sequential"], idle, stack),
+        ]
+    if "open" in results:
+        parts += [
+            "",
+            f"Open loop: {rate:g} runs/s started on schedule for {plan.load_s:g} s per side "
+            f"({plan.load_rounds} rounds):",
+            open_table(results["open"], stack),
+        ]
+    if "closed" in results:
+        parts += [
+            "",
+            f"Closed loop: {plan.in_flight} runs in flight ({plan.burst_runs} runs per round, "
+            f"{plan.burst_rounds} rounds per side); runs/s ratio below 1.00x = slower:",
+            closed_table(results["closed"], stack),
+        ]
+    if costs and "sequential" in results:
+        bare_xreads = statistics.median(
+            bare_marks.get(s.run_id, {}).get("xreads", 0)
+            for s in results["sequential"]["bare"].samples
+        )
+        events = {
+            n: statistics.median(s.events for s in p.samples)
+            for n, p in results["sequential"].items()
+        }
+        parts += [
+            "",
+            f"What one run costs, one at a time (agentflux: from its spans, over "
+            f"{costs.get('run: traces', 0):g} runs and {costs.get('stream: traces', 0):g} "
+            f"StreamRun calls; bare: by construction). Stream events received per run: "
+            f"{events['agentflux']:g} agentflux, {events['bare']:g} bare.",
+            cost_table(costs, bare_xreads),
+        ]
+    titles = {"sequential": "one run at a time", "closed": f"{plan.in_flight} in flight"}
+    for phase, got in breakdowns.items():
+        if got["bare"][2] and got["agentflux"][2]:
+            parts += [
+                "",
+                f"Where the time goes, {titles[phase]}: median of each segment, wall clock "
+                "(agentflux: its spans; bare: its stamps):",
+                breakdown_table(got),
+            ]
+    return "\n".join(parts)
+
+
+def _phase_json(phase: Phase) -> dict[str, Any]:
+    return {
+        "stats_ms": asdict(phase.stats()),
+        "cpu_s": asdict(phase.cpu),
+        "cpu_ms_per_run": {w: phase.per_run_ms(w) for w in ("server", "client", "stack")},
+        "rounds": phase.rounds,
+        "events_per_run": statistics.median(s.events for s in phase.samples),
+        "latencies_ms": [round(s.ms, 3) for s in phase.samples],
+    }
+
+
+def to_json(
+    results: dict[str, dict[str, Phase]],
+    idle: dict[str, float],
+    costs: dict[str, float],
+    breakdowns: dict[str, dict[str, tuple[list[float], float, int]]],
+    plan: Plan,
+    rate: float,
+    args: argparse.Namespace,
+    started: datetime,
+    load: tuple[tuple[float, ...], tuple[float, ...]],
+    failures: list[str],
+) -> dict[str, Any]:
+    return {
+        "started": started.isoformat(),
+        "quick": args.quick,
+        "plan": asdict(plan),
+        "rate_per_s": rate,
+        "prompt": PROMPT,
+        "answer": ANSWER,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_start": load[0],
+            "loadavg_end": load[1],
+        },
+        "idle_cpu_share_of_a_core": idle,
+        "agentflux_per_run_from_spans": costs,
+        "phases": {
+            name: {side: _phase_json(p) for side, p in phases.items()}
+            for name, phases in results.items()
+        },
+        "breakdown_ms": {
+            name: {
+                side: {"segments": dict(zip(SEGMENTS, seg, strict=False)), "whole": t, "runs": n}
+                for side, (seg, t, n) in got.items()
+            }
+            for name, got in breakdowns.items()
+        },
+        "failures": failures,
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.runs",
+        description="Whole agent runs through `agentflux serve` beside the same hops done "
+        "with bare clients, interleaved in one run: latency one at a time, at a fixed "
+        "load, and runs/s with several in flight.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer runs (under 1 minute instead of about 3)"
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=DEFAULT_RATE,
+        help=f"runs per second of the open-loop load (default {DEFAULT_RATE:g})",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
+    # The helper process of the baseline (started by the bench itself).
+    parser.add_argument("--bare-chain", metavar="PREFIX", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--stamps", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rate <= 0:
+        parser.error("--rate must be above 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.bare_chain:
+            return asyncio.run(serve_bare(args.bare_chain, args.port, args.stamps))
+        return asyncio.run(run(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
