@@ -37,13 +37,7 @@ class ComposerService(Service):
         settings = mesh.settings
         self.model = model or provider(settings)
         self.telemetry = Telemetry.for_service("composer", settings)
-        self.store = RunStore(
-            mesh.redis,
-            namespace=mesh.namespace,
-            run_ttl_s=settings.run_retention_s,
-            stream_ttl_s=settings.stream_retention_s,
-            request_ttl_s=settings.request_id_ttl_s,
-        )
+        self.store = RunStore.for_settings(mesh.redis, settings)
         self.events = EventProducer(
             mesh.producer, self.telemetry, source="/agentflux/composer", topic_prefix=mesh.namespace
         )

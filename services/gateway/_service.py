@@ -54,13 +54,7 @@ class GatewayService(Service):
         self.telemetry = Telemetry.for_service("gateway", settings)
 
         def store(client: aioredis.Redis) -> RunStore:
-            return RunStore(
-                client,
-                namespace=mesh.namespace,
-                run_ttl_s=settings.run_retention_s,
-                stream_ttl_s=settings.stream_retention_s,
-                request_ttl_s=settings.request_id_ttl_s,
-            )
+            return RunStore.for_settings(client, settings)
 
         self.store = store(mesh.redis)
         # Streams get their own pool: a crowd of followers never starves Submit.

@@ -53,13 +53,7 @@ class PlannerService(Service):
         self.model = model or provider(settings)
         self.tools = tools or ToolRegistry.load(settings)
         self.telemetry = Telemetry.for_service("planner", settings)
-        self.store = RunStore(
-            mesh.redis,
-            namespace=mesh.namespace,
-            run_ttl_s=settings.run_retention_s,
-            stream_ttl_s=settings.stream_retention_s,
-            request_ttl_s=settings.request_id_ttl_s,
-        )
+        self.store = RunStore.for_settings(mesh.redis, settings)
         source = "/agentflux/planner"
         events = EventProducer(
             mesh.producer, self.telemetry, source=source, topic_prefix=mesh.namespace

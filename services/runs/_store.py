@@ -21,6 +21,7 @@ from services.runs._scripts import (
     RUNNING,
     TURN,
 )
+from services.runtime.config import Settings
 from services.runtime.keys import Keys
 
 __all__ = [
@@ -97,6 +98,17 @@ class RunStore:
         self._record = redis.register_script(RECORD)
         self._add = redis.register_script(ADD_ONCE)
         self._turn = redis.register_script(TURN)
+
+    @classmethod
+    def for_settings(cls, redis: aioredis.Redis, settings: Settings) -> RunStore:
+        """A store with the namespace and retentions the settings give."""
+        return cls(
+            redis,
+            namespace=settings.namespace,
+            run_ttl_s=settings.run_retention_s,
+            stream_ttl_s=settings.stream_retention_s,
+            request_ttl_s=settings.request_id_ttl_s,
+        )
 
     # -- the run ---------------------------------------------------------------------
 

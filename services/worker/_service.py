@@ -67,12 +67,7 @@ class WorkerService(Service):
         self.tools = tools or ToolRegistry.load(settings)
         self.keys = Keys(mesh.namespace)
         self.telemetry = Telemetry.for_service("worker", settings)
-        self.store = RunStore(
-            mesh.redis,
-            namespace=mesh.namespace,
-            run_ttl_s=settings.run_retention_s,
-            stream_ttl_s=settings.stream_retention_s,
-        )
+        self.store = RunStore.for_settings(mesh.redis, settings)
         self.events = EventProducer(
             mesh.producer, self.telemetry, source="/agentflux/worker", topic_prefix=mesh.namespace
         )
