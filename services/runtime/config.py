@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -201,6 +201,63 @@ class Settings(BaseSettings):
         16, ge=1, le=1000, description="Tool tasks one worker process runs at once."
     )
 
+    # -- the gateway's edge -------------------------------------------------------------
+    auth: Literal["required", "off"] = Field(
+        "required",
+        description="`required`: every call presents an API key (`authorization: Bearer` or "
+        "`x-api-key`) that names its tenant; `off`: no keys, `x-tenant-id` or `tenant`.",
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Keys from settings, comma-separated `tenant:sha256-hex-of-key` "
+        "(hashes, never keys), beside those `agentflux tenants add` stores in Redis.",
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate of the gateway; set with the key to serve TLS only."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of the gateway.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA that client certificates must chain to (mutual TLS)."
+    )
+    tls_ca_file: Path | None = Field(
+        None, description="PEM CA `agentflux ask` trusts for the gateway (TLS when set)."
+    )
+    tls_client_cert_file: Path | None = Field(
+        None, description="PEM certificate `agentflux ask` presents (mutual TLS)."
+    )
+    tls_client_key_file: Path | None = Field(
+        None, description="PEM private key of `agentflux ask`'s certificate."
+    )
+    rate_limit: int = Field(
+        600, ge=1, description="Calls one tenant may make per rate window (sliding)."
+    )
+    rate_window_s: int = Field(60, ge=1, le=86400, description="The rate window, in seconds.")
+    max_runs_in_flight: int = Field(
+        100, ge=1, description="Runs one tenant may have unfinished at once."
+    )
+    tenant_token_budget: int = Field(
+        2_000_000, ge=1, description="Model tokens one tenant may spend per budget period."
+    )
+    budget_period_s: int = Field(
+        86400, ge=60, description="The tenant token budget's period, in seconds."
+    )
+    run_max_tokens: int = Field(
+        200_000, ge=1, description="Model tokens one run may spend (default and cap)."
+    )
+    max_request_bytes: int = Field(
+        65536, ge=1024, le=16 * 1024 * 1024, description="Largest request the gateway reads."
+    )
+    approval_tools: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Tools whose calls wait for a person's approval, comma-separated.",
+    )
+    approval_timeout_s: int = Field(
+        3600, ge=1, description="How long a run waits for an approval before it fails."
+    )
+    cancel_deadline_s: float = Field(
+        5.0, gt=0, description="How long a running tool has to stop after its run is cancelled."
+    )
+
     # -- tracing --------------------------------------------------------------------
     span_store: bool = Field(
         True,
@@ -222,7 +279,14 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _split_lists(cls, data: Any) -> Any:
-        for name in ("tool_task_retry_delays_ms", "http_get_allowed_hosts", "feature_flags"):
+        lists = (
+            "tool_task_retry_delays_ms",
+            "http_get_allowed_hosts",
+            "feature_flags",
+            "api_keys",
+            "approval_tools",
+        )
+        for name in lists:
             raw = data.get(name) if isinstance(data, dict) else None
             if isinstance(raw, str):
                 # Items stay strings: pydantic converts each and names the field (and

@@ -26,7 +26,7 @@ from agentflux.v1 import types_pb2 as agentflux_dot_v1_dot_types__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61gentflux/v1/gateway.proto\x12\x0c\x61gentflux.v1\x1a\x18\x61gentflux/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x01\n\rSubmitRequest\x12\'\n\x0f\x63onversation_id\x18\x01 \x01(\tR\x0e\x63onversationId\x12\x16\n\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x32\n\x08priority\x18\x03 \x01(\x0e\x32\x16.agentflux.v1.PriorityR\x08priority\x12\x1d\n\nrequest_id\x18\x04 \x01(\tR\trequestId\x12/\n\x06limits\x18\x05 \x01(\x0b\x32\x17.agentflux.v1.RunLimitsR\x06limits\"5\n\x0eSubmitResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentflux.v1.RunR\x03run\"O\n\x10StreamRunRequest\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\x12$\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\tR\x0c\x61\x66terEventId\"\xdd\x03\n\x11StreamRunResponse\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12\x39\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\teventTime\x12\x34\n\x07planned\x18\x03 \x01(\x0b\x32\x18.agentflux.v1.RunPlannedH\x00R\x07planned\x12>\n\x0ctool_started\x18\x04 \x01(\x0b\x32\x19.agentflux.v1.ToolStartedH\x00R\x0btoolStarted\x12\x41\n\rtool_finished\x18\x05 \x01(\x0b\x32\x1a.agentflux.v1.ToolFinishedH\x00R\x0ctoolFinished\x12>\n\x0c\x61nswer_delta\x18\x06 \x01(\x0b\x32\x19.agentflux.v1.AnswerDeltaH\x00R\x0b\x61nswerDelta\x12\x37\n\x08\x66inished\x18\x07 \x01(\x0b\x32\x19.agentflux.v1.RunFinishedH\x00R\x08\x66inished\x12\x37\n\x08\x61\x63\x63\x65pted\x18\x08 \x01(\x0b\x32\x19.agentflux.v1.RunAcceptedH\x00R\x08\x61\x63\x63\x65ptedB\x07\n\x05\x65vent\"2\n\x0bRunAccepted\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentflux.v1.RunR\x03run\"W\n\nRunPlanned\x12\x12\n\x04step\x18\x01 \x01(\x05R\x04step\x12\x35\n\ntool_calls\x18\x02 \x03(\x0b\x32\x16.agentflux.v1.ToolCallR\ttoolCalls\"S\n\x0bToolStarted\x12*\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.agentflux.v1.ToolCallR\x04\x63\x61ll\x12\x18\n\x07\x61ttempt\x18\x02 \x01(\x05R\x07\x61ttempt\"@\n\x0cToolFinished\x12\x30\n\x06result\x18\x01 \x01(\x0b\x32\x18.agentflux.v1.ToolResultR\x06result\"!\n\x0b\x41nswerDelta\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\"\x98\x01\n\x0bRunFinished\x12\x36\n\x06status\x18\x01 \x01(\x0e\x32\x1e.agentflux.v1.CompletionStatusR\x06status\x12,\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x14.agentflux.v1.AnswerR\x06\x61nswer\x12#\n\rerror_message\x18\x03 \x01(\tR\x0c\x65rrorMessage\"&\n\rGetRunRequest\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\"5\n\x0eGetRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentflux.v1.RunR\x03run\"~\n\x0fListRunsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12/\n\x06status\x18\x03 \x01(\x0e\x32\x17.agentflux.v1.RunStatusR\x06status\"a\n\x10ListRunsResponse\x12%\n\x04runs\x18\x01 \x03(\x0b\x32\x11.agentflux.v1.RunR\x04runs\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"A\n\x10\x43\x61ncelRunRequest\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\"8\n\x11\x43\x61ncelRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentflux.v1.RunR\x03run\"j\n\x16SearchResponsesRequest\x12\x14\n\x05query\x18\x01 \x01(\tR\x05query\x12\x1b\n\tpage_size\x18\x02 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\"w\n\x17SearchResponsesResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32\x1a.agentflux.v1.SearchResultR\x07results\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd7\x01\n\x0cSearchResult\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\x12\'\n\x0f\x63onversation_id\x18\x02 \x01(\tR\x0e\x63onversationId\x12\x16\n\x06prompt\x18\x03 \x01(\tR\x06prompt\x12\x18\n\x07snippet\x18\x04 \x01(\tR\x07snippet\x12\x14\n\x05score\x18\x05 \x01(\x01R\x05score\x12?\n\rcomplete_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0c\x63ompleteTime2\xe1\x03\n\x0c\x41gentGateway\x12\x43\n\x06Submit\x12\x1b.agentflux.v1.SubmitRequest\x1a\x1c.agentflux.v1.SubmitResponse\x12N\n\tStreamRun\x12\x1e.agentflux.v1.StreamRunRequest\x1a\x1f.agentflux.v1.StreamRunResponse0\x01\x12\x43\n\x06GetRun\x12\x1b.agentflux.v1.GetRunRequest\x1a\x1c.agentflux.v1.GetRunResponse\x12I\n\x08ListRuns\x12\x1d.agentflux.v1.ListRunsRequest\x1a\x1e.agentflux.v1.ListRunsResponse\x12L\n\tCancelRun\x12\x1e.agentflux.v1.CancelRunRequest\x1a\x1f.agentflux.v1.CancelRunResponse\x12^\n\x0fSearchResponses\x12$.agentflux.v1.SearchResponsesRequest\x1a%.agentflux.v1.SearchResponsesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61gentflux/v1/gateway.proto\x12\x0c\x61gentflux.v1\x1a\x18\x61gentflux/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x01\n\rSubmitRequest\x12\'\n\x0f\x63onversation_id\x18\x01 \x01(\tR\x0e\x63onversationId\x12\x16\n\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x32\n\x08priority\x18\x03 \x01(\x0e\x32\x16.agentflux.v1.PriorityR\x08priority\x12\x1d\n\nrequest_id\x18\x04 \x01(\tR\trequestId\x12/\n\x06limits\x18\x05 \x01(\x0b\x32\x17.agentflux.v1.RunLimitsR\x06limits\"5\n\x0eSubmitResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentflux.v1.RunR\x03run\"v\n\x10StreamRunRequest\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\x12$\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\tR\x0c\x61\x66terEventId\x12%\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x03R\rafterSequence\"\xd4\x05\n\x11StreamRunResponse\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12\x39\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\teventTime\x12\x1a\n\x08sequence\x18\t \x01(\x03R\x08sequence\x12\x34\n\x07planned\x18\x03 \x01(\x0b\x32\x18.agentflux.v1.RunPlannedH\x00R\x07planned\x12>\n\x0ctool_started\x18\x04 \x01(\x0b\x32\x19.agentflux.v1.ToolStartedH\x00R\x0btoolStarted\x12\x41\n\rtool_finished\x18\x05 \x01(\x0b\x32\x1a.agentflux.v1.ToolFinishedH\x00R\x0ctoolFinished\x12>\n\x0c\x61nswer_delta\x18\x06 \x01(\x0b\x32\x19.agentflux.v1.AnswerDeltaH\x00R\x0b\x61nswerDelta\x12\x37\n\x08\x66inished\x18\x07 \x01(\x0b\x32\x19.agentflux.v1.RunFinishedH\x00R\x08\x66inished\x12\x37\n\x08\x61\x63\x63\x65pted\x18\x08 \x01(\x0b\x32\x19.agentflux.v1.RunAcceptedH\x00R\x08\x61\x63\x63\x65pted\x12P\n\x12\x61pproval_requested\x18\n \x01(\x0b\x32\x1f.agentflux.v1.ApprovalRequestedH\x00R\x11\x61pprovalRequested\x12J\n\x10\x61pproval_decided\x18\x0b \x01(\x0b\x32\x1d.agentflux.v1.ApprovalDecidedH\x00R\x0f\x61pprovalDecided\x12;\n\x0b\x65vents_lost\x18\x0c \x01(\x0b\x32\x18.agentflux.v1.EventsLostH\x00R\neventsLostB\x07\n\x05\x65vent\"|\n\x11\x41pprovalRequested\x12*\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.agentflux.v1.ToolCallR\x04\x63\x61ll\x12;\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\"g\n\x0f\x41pprovalDecided\x12 \n\x0ctool_call_id\x18\x01 \x01(\tR\ntoolCallId\x12\x1a\n\x08\x61pproved\x18\x02 \x01(\x08R\x08\x61pproved\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\"j\n\nEventsLost\x12#\n\rfrom_sequence\x18\x01 \x01(\x03R\x0c\x66romSequence\x12\x1f\n\x0bto_sequence\x18\x02 \x01(\x03R\ntoSequence\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\"2\n\x0bRunAccepted\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentflux.v1.RunR\x03run\"W\n\nRunPlanned\x12\x12\n\x04step\x18\x01 \x01(\x05R\x04step\x12\x35\n\ntool_calls\x18\x02 \x03(\x0b\x32\x16.agentflux.v1.ToolCallR\ttoolCalls\"S\n\x0bToolStarted\x12*\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.agentflux.v1.ToolCallR\x04\x63\x61ll\x12\x18\n\x07\x61ttempt\x18\x02 \x01(\x05R\x07\x61ttempt\"@\n\x0cToolFinished\x12\x30\n\x06result\x18\x01 \x01(\x0b\x32\x18.agentflux.v1.ToolResultR\x06result\"!\n\x0b\x41nswerDelta\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\"\x98\x01\n\x0bRunFinished\x12\x36\n\x06status\x18\x01 \x01(\x0e\x32\x1e.agentflux.v1.CompletionStatusR\x06status\x12,\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x14.agentflux.v1.AnswerR\x06\x61nswer\x12#\n\rerror_message\x18\x03 \x01(\tR\x0c\x65rrorMessage\"&\n\rGetRunRequest\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\"5\n\x0eGetRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentflux.v1.RunR\x03run\"~\n\x0fListRunsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12/\n\x06status\x18\x03 \x01(\x0e\x32\x17.agentflux.v1.RunStatusR\x06status\"a\n\x10ListRunsResponse\x12%\n\x04runs\x18\x01 \x03(\x0b\x32\x11.agentflux.v1.RunR\x04runs\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"A\n\x10\x43\x61ncelRunRequest\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\"8\n\x11\x43\x61ncelRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentflux.v1.RunR\x03run\"Q\n\x16\x41pproveToolCallRequest\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\x12 \n\x0ctool_call_id\x18\x02 \x01(\tR\ntoolCallId\">\n\x17\x41pproveToolCallResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentflux.v1.RunR\x03run\"h\n\x15RejectToolCallRequest\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\x12 \n\x0ctool_call_id\x18\x02 \x01(\tR\ntoolCallId\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\"=\n\x16RejectToolCallResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentflux.v1.RunR\x03run\"j\n\x16SearchResponsesRequest\x12\x14\n\x05query\x18\x01 \x01(\tR\x05query\x12\x1b\n\tpage_size\x18\x02 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\"w\n\x17SearchResponsesResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32\x1a.agentflux.v1.SearchResultR\x07results\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd7\x01\n\x0cSearchResult\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\x12\'\n\x0f\x63onversation_id\x18\x02 \x01(\tR\x0e\x63onversationId\x12\x16\n\x06prompt\x18\x03 \x01(\tR\x06prompt\x12\x18\n\x07snippet\x18\x04 \x01(\tR\x07snippet\x12\x14\n\x05score\x18\x05 \x01(\x01R\x05score\x12?\n\rcomplete_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0c\x63ompleteTime2\x9e\x05\n\x0c\x41gentGateway\x12\x43\n\x06Submit\x12\x1b.agentflux.v1.SubmitRequest\x1a\x1c.agentflux.v1.SubmitResponse\x12N\n\tStreamRun\x12\x1e.agentflux.v1.StreamRunRequest\x1a\x1f.agentflux.v1.StreamRunResponse0\x01\x12\x43\n\x06GetRun\x12\x1b.agentflux.v1.GetRunRequest\x1a\x1c.agentflux.v1.GetRunResponse\x12I\n\x08ListRuns\x12\x1d.agentflux.v1.ListRunsRequest\x1a\x1e.agentflux.v1.ListRunsResponse\x12L\n\tCancelRun\x12\x1e.agentflux.v1.CancelRunRequest\x1a\x1f.agentflux.v1.CancelRunResponse\x12^\n\x0fSearchResponses\x12$.agentflux.v1.SearchResponsesRequest\x1a%.agentflux.v1.SearchResponsesResponse\x12^\n\x0f\x41pproveToolCall\x12$.agentflux.v1.ApproveToolCallRequest\x1a%.agentflux.v1.ApproveToolCallResponse\x12[\n\x0eRejectToolCall\x12#.agentflux.v1.RejectToolCallRequest\x1a$.agentflux.v1.RejectToolCallResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,39 +38,53 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITRESPONSE']._serialized_start=318
   _globals['_SUBMITRESPONSE']._serialized_end=371
   _globals['_STREAMRUNREQUEST']._serialized_start=373
-  _globals['_STREAMRUNREQUEST']._serialized_end=452
-  _globals['_STREAMRUNRESPONSE']._serialized_start=455
-  _globals['_STREAMRUNRESPONSE']._serialized_end=932
-  _globals['_RUNACCEPTED']._serialized_start=934
-  _globals['_RUNACCEPTED']._serialized_end=984
-  _globals['_RUNPLANNED']._serialized_start=986
-  _globals['_RUNPLANNED']._serialized_end=1073
-  _globals['_TOOLSTARTED']._serialized_start=1075
-  _globals['_TOOLSTARTED']._serialized_end=1158
-  _globals['_TOOLFINISHED']._serialized_start=1160
-  _globals['_TOOLFINISHED']._serialized_end=1224
-  _globals['_ANSWERDELTA']._serialized_start=1226
-  _globals['_ANSWERDELTA']._serialized_end=1259
-  _globals['_RUNFINISHED']._serialized_start=1262
-  _globals['_RUNFINISHED']._serialized_end=1414
-  _globals['_GETRUNREQUEST']._serialized_start=1416
-  _globals['_GETRUNREQUEST']._serialized_end=1454
-  _globals['_GETRUNRESPONSE']._serialized_start=1456
-  _globals['_GETRUNRESPONSE']._serialized_end=1509
-  _globals['_LISTRUNSREQUEST']._serialized_start=1511
-  _globals['_LISTRUNSREQUEST']._serialized_end=1637
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1639
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1736
-  _globals['_CANCELRUNREQUEST']._serialized_start=1738
-  _globals['_CANCELRUNREQUEST']._serialized_end=1803
-  _globals['_CANCELRUNRESPONSE']._serialized_start=1805
-  _globals['_CANCELRUNRESPONSE']._serialized_end=1861
-  _globals['_SEARCHRESPONSESREQUEST']._serialized_start=1863
-  _globals['_SEARCHRESPONSESREQUEST']._serialized_end=1969
-  _globals['_SEARCHRESPONSESRESPONSE']._serialized_start=1971
-  _globals['_SEARCHRESPONSESRESPONSE']._serialized_end=2090
-  _globals['_SEARCHRESULT']._serialized_start=2093
-  _globals['_SEARCHRESULT']._serialized_end=2308
-  _globals['_AGENTGATEWAY']._serialized_start=2311
-  _globals['_AGENTGATEWAY']._serialized_end=2792
+  _globals['_STREAMRUNREQUEST']._serialized_end=491
+  _globals['_STREAMRUNRESPONSE']._serialized_start=494
+  _globals['_STREAMRUNRESPONSE']._serialized_end=1218
+  _globals['_APPROVALREQUESTED']._serialized_start=1220
+  _globals['_APPROVALREQUESTED']._serialized_end=1344
+  _globals['_APPROVALDECIDED']._serialized_start=1346
+  _globals['_APPROVALDECIDED']._serialized_end=1449
+  _globals['_EVENTSLOST']._serialized_start=1451
+  _globals['_EVENTSLOST']._serialized_end=1557
+  _globals['_RUNACCEPTED']._serialized_start=1559
+  _globals['_RUNACCEPTED']._serialized_end=1609
+  _globals['_RUNPLANNED']._serialized_start=1611
+  _globals['_RUNPLANNED']._serialized_end=1698
+  _globals['_TOOLSTARTED']._serialized_start=1700
+  _globals['_TOOLSTARTED']._serialized_end=1783
+  _globals['_TOOLFINISHED']._serialized_start=1785
+  _globals['_TOOLFINISHED']._serialized_end=1849
+  _globals['_ANSWERDELTA']._serialized_start=1851
+  _globals['_ANSWERDELTA']._serialized_end=1884
+  _globals['_RUNFINISHED']._serialized_start=1887
+  _globals['_RUNFINISHED']._serialized_end=2039
+  _globals['_GETRUNREQUEST']._serialized_start=2041
+  _globals['_GETRUNREQUEST']._serialized_end=2079
+  _globals['_GETRUNRESPONSE']._serialized_start=2081
+  _globals['_GETRUNRESPONSE']._serialized_end=2134
+  _globals['_LISTRUNSREQUEST']._serialized_start=2136
+  _globals['_LISTRUNSREQUEST']._serialized_end=2262
+  _globals['_LISTRUNSRESPONSE']._serialized_start=2264
+  _globals['_LISTRUNSRESPONSE']._serialized_end=2361
+  _globals['_CANCELRUNREQUEST']._serialized_start=2363
+  _globals['_CANCELRUNREQUEST']._serialized_end=2428
+  _globals['_CANCELRUNRESPONSE']._serialized_start=2430
+  _globals['_CANCELRUNRESPONSE']._serialized_end=2486
+  _globals['_APPROVETOOLCALLREQUEST']._serialized_start=2488
+  _globals['_APPROVETOOLCALLREQUEST']._serialized_end=2569
+  _globals['_APPROVETOOLCALLRESPONSE']._serialized_start=2571
+  _globals['_APPROVETOOLCALLRESPONSE']._serialized_end=2633
+  _globals['_REJECTTOOLCALLREQUEST']._serialized_start=2635
+  _globals['_REJECTTOOLCALLREQUEST']._serialized_end=2739
+  _globals['_REJECTTOOLCALLRESPONSE']._serialized_start=2741
+  _globals['_REJECTTOOLCALLRESPONSE']._serialized_end=2802
+  _globals['_SEARCHRESPONSESREQUEST']._serialized_start=2804
+  _globals['_SEARCHRESPONSESREQUEST']._serialized_end=2910
+  _globals['_SEARCHRESPONSESRESPONSE']._serialized_start=2912
+  _globals['_SEARCHRESPONSESRESPONSE']._serialized_end=3031
+  _globals['_SEARCHRESULT']._serialized_start=3034
+  _globals['_SEARCHRESULT']._serialized_end=3249
+  _globals['_AGENTGATEWAY']._serialized_start=3252
+  _globals['_AGENTGATEWAY']._serialized_end=3922
 # @@protoc_insertion_point(module_scope)

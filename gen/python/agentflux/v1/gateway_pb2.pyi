@@ -94,19 +94,25 @@ class StreamRunRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     AFTER_EVENT_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Run to follow. Required."""
     after_event_id: _builtins.str
     """Resume after this event; from the start of the run when empty."""
+    after_sequence: _builtins.int
+    """Resume after the event with this `sequence` (an alternative to `after_event_id`;
+    both may not be set). 0: from the start.
+    """
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         after_event_id: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_event_id", b"after_event_id", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_event_id", b"after_event_id", "after_sequence", b"after_sequence", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -120,14 +126,22 @@ class StreamRunResponse(_message.Message):
 
     EVENT_ID_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     PLANNED_FIELD_NUMBER: _builtins.int
     TOOL_STARTED_FIELD_NUMBER: _builtins.int
     TOOL_FINISHED_FIELD_NUMBER: _builtins.int
     ANSWER_DELTA_FIELD_NUMBER: _builtins.int
     FINISHED_FIELD_NUMBER: _builtins.int
     ACCEPTED_FIELD_NUMBER: _builtins.int
+    APPROVAL_REQUESTED_FIELD_NUMBER: _builtins.int
+    APPROVAL_DECIDED_FIELD_NUMBER: _builtins.int
+    EVENTS_LOST_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Identifier of this event within the run, for `StreamRunRequest.after_event_id`."""
+    sequence: _builtins.int
+    """Position of the event in the run's stream: 1 for the first, then +1 for each, with
+    no holes. A client that saw N resumes with `after_sequence` N and gets N+1 next.
+    """
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """When the event happened."""
@@ -156,27 +170,135 @@ class StreamRunResponse(_message.Message):
     def accepted(self) -> Global___RunAccepted:
         """The gateway accepted the run; the first event of the stream."""
 
+    @_builtins.property
+    def approval_requested(self) -> Global___ApprovalRequested:
+        """A tool call waits for a person's approval."""
+
+    @_builtins.property
+    def approval_decided(self) -> Global___ApprovalDecided:
+        """A person approved or rejected a tool call."""
+
+    @_builtins.property
+    def events_lost(self) -> Global___EventsLost:
+        """Events the stream no longer holds (they outlived the retention): said
+        explicitly, never skipped silently.
+        """
+
     def __init__(
         self,
         *,
         event_id: _builtins.str = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
+        sequence: _builtins.int = ...,
         planned: Global___RunPlanned | None = ...,
         tool_started: Global___ToolStarted | None = ...,
         tool_finished: Global___ToolFinished | None = ...,
         answer_delta: Global___AnswerDelta | None = ...,
         finished: Global___RunFinished | None = ...,
         accepted: Global___RunAccepted | None = ...,
+        approval_requested: Global___ApprovalRequested | None = ...,
+        approval_decided: Global___ApprovalDecided | None = ...,
+        events_lost: Global___EventsLost | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "answer_delta", b"answer_delta", "event", b"event", "event_time", b"event_time", "finished", b"finished", "planned", b"planned", "tool_finished", b"tool_finished", "tool_started", b"tool_started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "answer_delta", b"answer_delta", "approval_decided", b"approval_decided", "approval_requested", b"approval_requested", "event", b"event", "event_time", b"event_time", "events_lost", b"events_lost", "finished", b"finished", "planned", b"planned", "tool_finished", b"tool_finished", "tool_started", b"tool_started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "answer_delta", b"answer_delta", "event", b"event", "event_id", b"event_id", "event_time", b"event_time", "finished", b"finished", "planned", b"planned", "tool_finished", b"tool_finished", "tool_started", b"tool_started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "answer_delta", b"answer_delta", "approval_decided", b"approval_decided", "approval_requested", b"approval_requested", "event", b"event", "event_id", b"event_id", "event_time", b"event_time", "events_lost", b"events_lost", "finished", b"finished", "planned", b"planned", "sequence", b"sequence", "tool_finished", b"tool_finished", "tool_started", b"tool_started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["planned", "tool_started", "tool_finished", "answer_delta", "finished", "accepted"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["planned", "tool_started", "tool_finished", "answer_delta", "finished", "accepted", "approval_requested", "approval_decided", "events_lost"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___StreamRunResponse: _TypeAlias = StreamRunResponse  # noqa: Y015
+
+@_typing.final
+class ApprovalRequested(_message.Message):
+    """A tool call waits for a person's approval."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def call(self) -> _types_pb2.ToolCall:
+        """The call, with its arguments, as the model asked for it."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the run gives up waiting and fails."""
+
+    def __init__(
+        self,
+        *,
+        call: _types_pb2.ToolCall | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "expire_time", b"expire_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalRequested: _TypeAlias = ApprovalRequested  # noqa: Y015
+
+@_typing.final
+class ApprovalDecided(_message.Message):
+    """A person approved or rejected a tool call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    APPROVED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    tool_call_id: _builtins.str
+    """The call decided."""
+    approved: _builtins.bool
+    """True when approved; false when rejected."""
+    reason: _builtins.str
+    """The reason given with a rejection."""
+    def __init__(
+        self,
+        *,
+        tool_call_id: _builtins.str = ...,
+        approved: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved", b"approved", "reason", b"reason", "tool_call_id", b"tool_call_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalDecided: _TypeAlias = ApprovalDecided  # noqa: Y015
+
+@_typing.final
+class EventsLost(_message.Message):
+    """Events the stream no longer holds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_SEQUENCE_FIELD_NUMBER: _builtins.int
+    TO_SEQUENCE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    from_sequence: _builtins.int
+    """First lost sequence number."""
+    to_sequence: _builtins.int
+    """Last lost sequence number."""
+    reason: _builtins.str
+    """Why they are gone."""
+    def __init__(
+        self,
+        *,
+        from_sequence: _builtins.int = ...,
+        to_sequence: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_sequence", b"from_sequence", "reason", b"reason", "to_sequence", b"to_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventsLost: _TypeAlias = EventsLost  # noqa: Y015
 
 @_typing.final
 class RunAccepted(_message.Message):
@@ -491,6 +613,110 @@ class CancelRunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelRunResponse: _TypeAlias = CancelRunResponse  # noqa: Y015
+
+@_typing.final
+class ApproveToolCallRequest(_message.Message):
+    """Request of `AgentGateway.ApproveToolCall`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Run that waits. Required."""
+    tool_call_id: _builtins.str
+    """Call to approve. Required."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        tool_call_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "tool_call_id", b"tool_call_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveToolCallRequest: _TypeAlias = ApproveToolCallRequest  # noqa: Y015
+
+@_typing.final
+class ApproveToolCallResponse(_message.Message):
+    """Response of `AgentGateway.ApproveToolCall`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> _types_pb2.Run:
+        """The run after the decision."""
+
+    def __init__(
+        self,
+        *,
+        run: _types_pb2.Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveToolCallResponse: _TypeAlias = ApproveToolCallResponse  # noqa: Y015
+
+@_typing.final
+class RejectToolCallRequest(_message.Message):
+    """Request of `AgentGateway.RejectToolCall`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Run that waits. Required."""
+    tool_call_id: _builtins.str
+    """Call to reject. Required."""
+    reason: _builtins.str
+    """Why; given to the model and kept on the call's result."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        tool_call_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "run_id", b"run_id", "tool_call_id", b"tool_call_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectToolCallRequest: _TypeAlias = RejectToolCallRequest  # noqa: Y015
+
+@_typing.final
+class RejectToolCallResponse(_message.Message):
+    """Response of `AgentGateway.RejectToolCall`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> _types_pb2.Run:
+        """The run after the decision."""
+
+    def __init__(
+        self,
+        *,
+        run: _types_pb2.Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectToolCallResponse: _TypeAlias = RejectToolCallResponse  # noqa: Y015
 
 @_typing.final
 class SearchResponsesRequest(_message.Message):

@@ -30,13 +30,28 @@ class AgentGatewayStub:
     progress, look runs up, cancel them and search finished answers. The tenant is
     taken from the caller's credentials; a run of another tenant is NOT_FOUND.
 
+    Credentials: every call presents an API key, as `authorization: Bearer <key>` or
+    `x-api-key: <key>`; the key names the caller's tenant. A missing, unknown or revoked
+    key is UNAUTHENTICATED. A run, stream, answer or search result of another tenant is
+    NOT_FOUND, never PERMISSION_DENIED, so no caller learns that it exists. With TLS on,
+    the port speaks TLS only (and, with a client CA, requires a client certificate).
+
+    Limits: over its tenant's sliding-window rate limit, or with too many runs in
+    flight, a call is RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` detail saying when
+    to retry; out of token budget, RESOURCE_EXHAUSTED with a `google.rpc.QuotaFailure`
+    detail naming the budget. A request larger than the gateway reads is
+    RESOURCE_EXHAUSTED. Invalid fields are INVALID_ARGUMENT with a
+    `google.rpc.BadRequest` detail naming each field at fault. A `request_id` reused for
+    a different request is ALREADY_EXISTS, naming the run it started.
+
     Metadata the gateway reads on every call (all optional):
     x-correlation-id  ties everything one request causes together; created when
     absent. Echoed in the initial response metadata.
     x-request-id      this call's id (the causation id of what it emits); created
     when absent. Echoed in the initial response metadata.
     idempotency-key   carried to every event and task the call causes.
-    x-tenant-id       the tenant, until credentials carry it.
+    x-tenant-id       the tenant when credentials are off (a local deployment);
+    with an API key, the key's tenant (a different one is refused).
     traceparent, tracestate
     W3C trace context; the call's span continues that trace.
     A malformed value is refused with INVALID_ARGUMENT naming the key.
@@ -91,6 +106,16 @@ class AgentGatewayStub:
                 request_serializer=agentflux_dot_v1_dot_gateway__pb2.SearchResponsesRequest.SerializeToString,
                 response_deserializer=agentflux_dot_v1_dot_gateway__pb2.SearchResponsesResponse.FromString,
                 _registered_method=True)
+        self.ApproveToolCall = channel.unary_unary(
+                '/agentflux.v1.AgentGateway/ApproveToolCall',
+                request_serializer=agentflux_dot_v1_dot_gateway__pb2.ApproveToolCallRequest.SerializeToString,
+                response_deserializer=agentflux_dot_v1_dot_gateway__pb2.ApproveToolCallResponse.FromString,
+                _registered_method=True)
+        self.RejectToolCall = channel.unary_unary(
+                '/agentflux.v1.AgentGateway/RejectToolCall',
+                request_serializer=agentflux_dot_v1_dot_gateway__pb2.RejectToolCallRequest.SerializeToString,
+                response_deserializer=agentflux_dot_v1_dot_gateway__pb2.RejectToolCallResponse.FromString,
+                _registered_method=True)
 
 
 class AgentGatewayServicer:
@@ -98,13 +123,28 @@ class AgentGatewayServicer:
     progress, look runs up, cancel them and search finished answers. The tenant is
     taken from the caller's credentials; a run of another tenant is NOT_FOUND.
 
+    Credentials: every call presents an API key, as `authorization: Bearer <key>` or
+    `x-api-key: <key>`; the key names the caller's tenant. A missing, unknown or revoked
+    key is UNAUTHENTICATED. A run, stream, answer or search result of another tenant is
+    NOT_FOUND, never PERMISSION_DENIED, so no caller learns that it exists. With TLS on,
+    the port speaks TLS only (and, with a client CA, requires a client certificate).
+
+    Limits: over its tenant's sliding-window rate limit, or with too many runs in
+    flight, a call is RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` detail saying when
+    to retry; out of token budget, RESOURCE_EXHAUSTED with a `google.rpc.QuotaFailure`
+    detail naming the budget. A request larger than the gateway reads is
+    RESOURCE_EXHAUSTED. Invalid fields are INVALID_ARGUMENT with a
+    `google.rpc.BadRequest` detail naming each field at fault. A `request_id` reused for
+    a different request is ALREADY_EXISTS, naming the run it started.
+
     Metadata the gateway reads on every call (all optional):
     x-correlation-id  ties everything one request causes together; created when
     absent. Echoed in the initial response metadata.
     x-request-id      this call's id (the causation id of what it emits); created
     when absent. Echoed in the initial response metadata.
     idempotency-key   carried to every event and task the call causes.
-    x-tenant-id       the tenant, until credentials carry it.
+    x-tenant-id       the tenant when credentials are off (a local deployment);
+    with an API key, the key's tenant (a different one is refused).
     traceparent, tracestate
     W3C trace context; the call's span continues that trace.
     A malformed value is refused with INVALID_ARGUMENT naming the key.
@@ -179,6 +219,22 @@ class AgentGatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApproveToolCall(self, request, context):
+        """Approves a tool call the run is waiting on (`RUN_STATUS_AWAITING_APPROVAL`): the
+        call runs and the run goes on. A call already decided answers FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectToolCall(self, request, context):
+        """Rejects a tool call the run is waiting on: the tool never runs, its result is
+        `TOOL_CALL_STATUS_REJECTED` with the reason, and the run goes on without it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentGatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -212,6 +268,16 @@ def add_AgentGatewayServicer_to_server(servicer, server):
                     request_deserializer=agentflux_dot_v1_dot_gateway__pb2.SearchResponsesRequest.FromString,
                     response_serializer=agentflux_dot_v1_dot_gateway__pb2.SearchResponsesResponse.SerializeToString,
             ),
+            'ApproveToolCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveToolCall,
+                    request_deserializer=agentflux_dot_v1_dot_gateway__pb2.ApproveToolCallRequest.FromString,
+                    response_serializer=agentflux_dot_v1_dot_gateway__pb2.ApproveToolCallResponse.SerializeToString,
+            ),
+            'RejectToolCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectToolCall,
+                    request_deserializer=agentflux_dot_v1_dot_gateway__pb2.RejectToolCallRequest.FromString,
+                    response_serializer=agentflux_dot_v1_dot_gateway__pb2.RejectToolCallResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'agentflux.v1.AgentGateway', rpc_method_handlers)
@@ -225,13 +291,28 @@ class AgentGateway:
     progress, look runs up, cancel them and search finished answers. The tenant is
     taken from the caller's credentials; a run of another tenant is NOT_FOUND.
 
+    Credentials: every call presents an API key, as `authorization: Bearer <key>` or
+    `x-api-key: <key>`; the key names the caller's tenant. A missing, unknown or revoked
+    key is UNAUTHENTICATED. A run, stream, answer or search result of another tenant is
+    NOT_FOUND, never PERMISSION_DENIED, so no caller learns that it exists. With TLS on,
+    the port speaks TLS only (and, with a client CA, requires a client certificate).
+
+    Limits: over its tenant's sliding-window rate limit, or with too many runs in
+    flight, a call is RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` detail saying when
+    to retry; out of token budget, RESOURCE_EXHAUSTED with a `google.rpc.QuotaFailure`
+    detail naming the budget. A request larger than the gateway reads is
+    RESOURCE_EXHAUSTED. Invalid fields are INVALID_ARGUMENT with a
+    `google.rpc.BadRequest` detail naming each field at fault. A `request_id` reused for
+    a different request is ALREADY_EXISTS, naming the run it started.
+
     Metadata the gateway reads on every call (all optional):
     x-correlation-id  ties everything one request causes together; created when
     absent. Echoed in the initial response metadata.
     x-request-id      this call's id (the causation id of what it emits); created
     when absent. Echoed in the initial response metadata.
     idempotency-key   carried to every event and task the call causes.
-    x-tenant-id       the tenant, until credentials carry it.
+    x-tenant-id       the tenant when credentials are off (a local deployment);
+    with an API key, the key's tenant (a different one is refused).
     traceparent, tracestate
     W3C trace context; the call's span continues that trace.
     A malformed value is refused with INVALID_ARGUMENT naming the key.
@@ -402,6 +483,60 @@ class AgentGateway:
             '/agentflux.v1.AgentGateway/SearchResponses',
             agentflux_dot_v1_dot_gateway__pb2.SearchResponsesRequest.SerializeToString,
             agentflux_dot_v1_dot_gateway__pb2.SearchResponsesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveToolCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentflux.v1.AgentGateway/ApproveToolCall',
+            agentflux_dot_v1_dot_gateway__pb2.ApproveToolCallRequest.SerializeToString,
+            agentflux_dot_v1_dot_gateway__pb2.ApproveToolCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectToolCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentflux.v1.AgentGateway/RejectToolCall',
+            agentflux_dot_v1_dot_gateway__pb2.RejectToolCallRequest.SerializeToString,
+            agentflux_dot_v1_dot_gateway__pb2.RejectToolCallResponse.FromString,
             options,
             channel_credentials,
             insecure,

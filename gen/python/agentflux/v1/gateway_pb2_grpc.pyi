@@ -31,13 +31,28 @@ class AgentGatewayStub:
     progress, look runs up, cancel them and search finished answers. The tenant is
     taken from the caller's credentials; a run of another tenant is NOT_FOUND.
 
+    Credentials: every call presents an API key, as `authorization: Bearer <key>` or
+    `x-api-key: <key>`; the key names the caller's tenant. A missing, unknown or revoked
+    key is UNAUTHENTICATED. A run, stream, answer or search result of another tenant is
+    NOT_FOUND, never PERMISSION_DENIED, so no caller learns that it exists. With TLS on,
+    the port speaks TLS only (and, with a client CA, requires a client certificate).
+
+    Limits: over its tenant's sliding-window rate limit, or with too many runs in
+    flight, a call is RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` detail saying when
+    to retry; out of token budget, RESOURCE_EXHAUSTED with a `google.rpc.QuotaFailure`
+    detail naming the budget. A request larger than the gateway reads is
+    RESOURCE_EXHAUSTED. Invalid fields are INVALID_ARGUMENT with a
+    `google.rpc.BadRequest` detail naming each field at fault. A `request_id` reused for
+    a different request is ALREADY_EXISTS, naming the run it started.
+
     Metadata the gateway reads on every call (all optional):
       x-correlation-id  ties everything one request causes together; created when
                         absent. Echoed in the initial response metadata.
       x-request-id      this call's id (the causation id of what it emits); created
                         when absent. Echoed in the initial response metadata.
       idempotency-key   carried to every event and task the call causes.
-      x-tenant-id       the tenant, until credentials carry it.
+      x-tenant-id       the tenant when credentials are off (a local deployment);
+                        with an API key, the key's tenant (a different one is refused).
       traceparent, tracestate
                         W3C trace context; the call's span continues that trace.
     A malformed value is refused with INVALID_ARGUMENT naming the key.
@@ -89,6 +104,14 @@ class AgentGatewayStub:
     """
     SearchResponses: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SearchResponsesRequest, _gateway_pb2.SearchResponsesResponse]
     """Searches the caller's finished answers."""
+    ApproveToolCall: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ApproveToolCallRequest, _gateway_pb2.ApproveToolCallResponse]
+    """Approves a tool call the run is waiting on (`RUN_STATUS_AWAITING_APPROVAL`): the
+    call runs and the run goes on. A call already decided answers FAILED_PRECONDITION.
+    """
+    RejectToolCall: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RejectToolCallRequest, _gateway_pb2.RejectToolCallResponse]
+    """Rejects a tool call the run is waiting on: the tool never runs, its result is
+    `TOOL_CALL_STATUS_REJECTED` with the reason, and the run goes on without it.
+    """
 
 @_typing.type_check_only
 class AgentGatewayAsyncStub(AgentGatewayStub):
@@ -96,13 +119,28 @@ class AgentGatewayAsyncStub(AgentGatewayStub):
     progress, look runs up, cancel them and search finished answers. The tenant is
     taken from the caller's credentials; a run of another tenant is NOT_FOUND.
 
+    Credentials: every call presents an API key, as `authorization: Bearer <key>` or
+    `x-api-key: <key>`; the key names the caller's tenant. A missing, unknown or revoked
+    key is UNAUTHENTICATED. A run, stream, answer or search result of another tenant is
+    NOT_FOUND, never PERMISSION_DENIED, so no caller learns that it exists. With TLS on,
+    the port speaks TLS only (and, with a client CA, requires a client certificate).
+
+    Limits: over its tenant's sliding-window rate limit, or with too many runs in
+    flight, a call is RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` detail saying when
+    to retry; out of token budget, RESOURCE_EXHAUSTED with a `google.rpc.QuotaFailure`
+    detail naming the budget. A request larger than the gateway reads is
+    RESOURCE_EXHAUSTED. Invalid fields are INVALID_ARGUMENT with a
+    `google.rpc.BadRequest` detail naming each field at fault. A `request_id` reused for
+    a different request is ALREADY_EXISTS, naming the run it started.
+
     Metadata the gateway reads on every call (all optional):
       x-correlation-id  ties everything one request causes together; created when
                         absent. Echoed in the initial response metadata.
       x-request-id      this call's id (the causation id of what it emits); created
                         when absent. Echoed in the initial response metadata.
       idempotency-key   carried to every event and task the call causes.
-      x-tenant-id       the tenant, until credentials carry it.
+      x-tenant-id       the tenant when credentials are off (a local deployment);
+                        with an API key, the key's tenant (a different one is refused).
       traceparent, tracestate
                         W3C trace context; the call's span continues that trace.
     A malformed value is refused with INVALID_ARGUMENT naming the key.
@@ -151,11 +189,33 @@ class AgentGatewayAsyncStub(AgentGatewayStub):
     """
     SearchResponses: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SearchResponsesRequest, _gateway_pb2.SearchResponsesResponse]  # type: ignore[assignment]
     """Searches the caller's finished answers."""
+    ApproveToolCall: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ApproveToolCallRequest, _gateway_pb2.ApproveToolCallResponse]  # type: ignore[assignment]
+    """Approves a tool call the run is waiting on (`RUN_STATUS_AWAITING_APPROVAL`): the
+    call runs and the run goes on. A call already decided answers FAILED_PRECONDITION.
+    """
+    RejectToolCall: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RejectToolCallRequest, _gateway_pb2.RejectToolCallResponse]  # type: ignore[assignment]
+    """Rejects a tool call the run is waiting on: the tool never runs, its result is
+    `TOOL_CALL_STATUS_REJECTED` with the reason, and the run goes on without it.
+    """
 
 class AgentGatewayServicer(metaclass=_abc_1.ABCMeta):
     """The public entry point of agentflux. Callers submit prompts, follow a run's
     progress, look runs up, cancel them and search finished answers. The tenant is
     taken from the caller's credentials; a run of another tenant is NOT_FOUND.
+
+    Credentials: every call presents an API key, as `authorization: Bearer <key>` or
+    `x-api-key: <key>`; the key names the caller's tenant. A missing, unknown or revoked
+    key is UNAUTHENTICATED. A run, stream, answer or search result of another tenant is
+    NOT_FOUND, never PERMISSION_DENIED, so no caller learns that it exists. With TLS on,
+    the port speaks TLS only (and, with a client CA, requires a client certificate).
+
+    Limits: over its tenant's sliding-window rate limit, or with too many runs in
+    flight, a call is RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` detail saying when
+    to retry; out of token budget, RESOURCE_EXHAUSTED with a `google.rpc.QuotaFailure`
+    detail naming the budget. A request larger than the gateway reads is
+    RESOURCE_EXHAUSTED. Invalid fields are INVALID_ARGUMENT with a
+    `google.rpc.BadRequest` detail naming each field at fault. A `request_id` reused for
+    a different request is ALREADY_EXISTS, naming the run it started.
 
     Metadata the gateway reads on every call (all optional):
       x-correlation-id  ties everything one request causes together; created when
@@ -163,7 +223,8 @@ class AgentGatewayServicer(metaclass=_abc_1.ABCMeta):
       x-request-id      this call's id (the causation id of what it emits); created
                         when absent. Echoed in the initial response metadata.
       idempotency-key   carried to every event and task the call causes.
-      x-tenant-id       the tenant, until credentials carry it.
+      x-tenant-id       the tenant when credentials are off (a local deployment);
+                        with an API key, the key's tenant (a different one is refused).
       traceparent, tracestate
                         W3C trace context; the call's span continues that trace.
     A malformed value is refused with INVALID_ARGUMENT naming the key.
@@ -246,5 +307,25 @@ class AgentGatewayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.SearchResponsesResponse, _abc.Awaitable[_gateway_pb2.SearchResponsesResponse]]:
         """Searches the caller's finished answers."""
+
+    @_abc_1.abstractmethod
+    def ApproveToolCall(
+        self,
+        request: _gateway_pb2.ApproveToolCallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ApproveToolCallResponse, _abc.Awaitable[_gateway_pb2.ApproveToolCallResponse]]:
+        """Approves a tool call the run is waiting on (`RUN_STATUS_AWAITING_APPROVAL`): the
+        call runs and the run goes on. A call already decided answers FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def RejectToolCall(
+        self,
+        request: _gateway_pb2.RejectToolCallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.RejectToolCallResponse, _abc.Awaitable[_gateway_pb2.RejectToolCallResponse]]:
+        """Rejects a tool call the run is waiting on: the tool never runs, its result is
+        `TOOL_CALL_STATUS_REJECTED` with the reason, and the run goes on without it.
+        """
 
 def add_AgentGatewayServicer_to_server(servicer: AgentGatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,11 +3,13 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -72,6 +74,10 @@ class _RunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStatus.V
     """Finished without an answer; see `Run.error_message`."""
     RUN_STATUS_CANCELLED: _RunStatus.ValueType  # 5
     """Stopped at the caller's request; queued work for it was dropped."""
+    RUN_STATUS_CANCELLING: _RunStatus.ValueType  # 6
+    """The caller asked to cancel; every hop is stopping its work. Ends CANCELLED."""
+    RUN_STATUS_AWAITING_APPROVAL: _RunStatus.ValueType  # 7
+    """Paused until a person approves or rejects the calls in `Run.pending_approvals`."""
 
 class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper):
     """Where a run is in its life."""
@@ -88,6 +94,10 @@ RUN_STATUS_FAILED: RunStatus.ValueType  # 4
 """Finished without an answer; see `Run.error_message`."""
 RUN_STATUS_CANCELLED: RunStatus.ValueType  # 5
 """Stopped at the caller's request; queued work for it was dropped."""
+RUN_STATUS_CANCELLING: RunStatus.ValueType  # 6
+"""The caller asked to cancel; every hop is stopping its work. Ends CANCELLED."""
+RUN_STATUS_AWAITING_APPROVAL: RunStatus.ValueType  # 7
+"""Paused until a person approves or rejects the calls in `Run.pending_approvals`."""
 Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
 
 class _CompletionStatus:
@@ -133,7 +143,9 @@ class _ToolCallStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ToolCa
     TOOL_CALL_STATUS_TIMED_OUT: _ToolCallStatus.ValueType  # 3
     """The tool did not finish within its timeout on its last attempt."""
     TOOL_CALL_STATUS_CANCELLED: _ToolCallStatus.ValueType  # 4
-    """The run was cancelled before the tool ran."""
+    """The run was cancelled before the tool ran, or while it ran."""
+    TOOL_CALL_STATUS_REJECTED: _ToolCallStatus.ValueType  # 5
+    """A person rejected the call; the tool never ran."""
 
 class ToolCallStatus(_ToolCallStatus, metaclass=_ToolCallStatusEnumTypeWrapper):
     """How one tool call ended."""
@@ -147,7 +159,9 @@ TOOL_CALL_STATUS_FAILED: ToolCallStatus.ValueType  # 2
 TOOL_CALL_STATUS_TIMED_OUT: ToolCallStatus.ValueType  # 3
 """The tool did not finish within its timeout on its last attempt."""
 TOOL_CALL_STATUS_CANCELLED: ToolCallStatus.ValueType  # 4
-"""The run was cancelled before the tool ran."""
+"""The run was cancelled before the tool ran, or while it ran."""
+TOOL_CALL_STATUS_REJECTED: ToolCallStatus.ValueType  # 5
+"""A person rejected the call; the tool never ran."""
 Global___ToolCallStatus: _TypeAlias = ToolCallStatus  # noqa: Y015
 
 @_typing.final
@@ -351,6 +365,7 @@ class Run(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    PENDING_APPROVALS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Server-assigned identifier of the run."""
     tenant_id: _builtins.str
@@ -387,6 +402,10 @@ class Run(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the run last changed."""
 
+    @_builtins.property
+    def pending_approvals(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """Tool calls waiting for a person's decision (`RUN_STATUS_AWAITING_APPROVAL`)."""
+
     def __init__(
         self,
         *,
@@ -403,10 +422,11 @@ class Run(_message.Message):
         limits: Global___RunLimits | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        pending_approvals: _abc.Iterable[Global___ToolCall] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "create_time", b"create_time", "limits", b"limits", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "conversation_id", b"conversation_id", "create_time", b"create_time", "error_message", b"error_message", "limits", b"limits", "priority", b"priority", "prompt", b"prompt", "run_id", b"run_id", "status", b"status", "step_count", b"step_count", "tenant_id", b"tenant_id", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "conversation_id", b"conversation_id", "create_time", b"create_time", "error_message", b"error_message", "limits", b"limits", "pending_approvals", b"pending_approvals", "priority", b"priority", "prompt", b"prompt", "run_id", b"run_id", "status", b"status", "step_count", b"step_count", "tenant_id", b"tenant_id", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
