@@ -923,7 +923,7 @@ class FluxRabbit(AdapterRabbit):
 async def _drop_rabbit(settings: Settings, topos: list[TaskTopology]) -> None:
     async with await RabbitConnection.connect(settings) as admin:
         for topo in topos:
-            for queue in (topo.queue, topo.dead_letter_queue, *topo.retry_queues.values()):
+            for queue in topo.all_queues:
                 await quietly(f"queue {queue}", admin.channel.queue_delete(queue))
             for exchange in (topo.exchange, topo.retry_exchange, topo.dead_letter_exchange):
                 await quietly(f"exchange {exchange}", admin.channel.exchange_delete(exchange))

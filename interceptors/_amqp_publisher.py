@@ -37,11 +37,23 @@ class TaskPublisher:
         self.contracts = contracts or registry()
         self.name_prefix = name_prefix
 
-    async def publish(self, task: Message, *, idempotency_key: str = "") -> FluxContext:
-        """Publishes `task` and waits for the broker's confirm; returns its context."""
+    async def publish(
+        self,
+        task: Message,
+        *,
+        idempotency_key: str = "",
+        queue: str | None = None,
+        expiration_s: float | None = None,
+    ) -> FluxContext:
+        """Publishes `task` and waits for the broker's confirm; returns its context.
+
+        `queue` sends it to another queue of its topology (through the default exchange,
+        e.g. the approval queue), with `expiration_s` as its time to live there."""
         contract = self.contracts.task(task)
         exchange = self.name_prefix + contract.exchange
-        queue = self.name_prefix + contract.queue
+        if queue is not None:
+            exchange = ""  # the default exchange routes by queue name
+        queue = queue or self.name_prefix + contract.queue
         raw_priority = getattr(task, "priority", 0)
         priority = self.contracts.amqp_priority(raw_priority)
         ctx = emitted_context(task, idempotency_key)
@@ -68,5 +80,6 @@ class TaskPublisher:
                 priority=priority,
                 message_id=ctx.event_id,
                 message_type=contract.type_name,
+                expiration_s=expiration_s,
             )
         return ctx

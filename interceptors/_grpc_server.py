@@ -10,6 +10,7 @@ serves all four RPC arities: only the response side (one message or a stream) di
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -27,6 +28,8 @@ from interceptors._errors import DOMAIN, FluxError, InvalidArgument
 from interceptors._propagation import extract
 from interceptors._spans import context_attributes
 from interceptors._telemetry import Telemetry, serving
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ServerContextInterceptor", "status_of"]
 
@@ -167,7 +170,9 @@ class ServerContextInterceptor(grpc.aio.ServerInterceptor):
                 span.set_status(Status(StatusCode.ERROR, context.details() or ""))
                 raise
             except Exception as exc:
-                # Never leak internals to the caller; the span and the id tie them up.
+                # Never leak internals to the caller; the log, the span and the id tie
+                # them up.
+                log.exception("%s failed; correlation id %s", method, ctx.correlation_id)
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, repr(exc)))
                 span.set_attribute("rpc.grpc.status_code", code_pb2.INTERNAL)

@@ -20,13 +20,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import grpc
 from agentflux.v1 import gateway_pb2, gateway_pb2_grpc
 
+from services.runtime.adapters.redis import connect_redis
+from services.runtime.apikeys import ApiKeyStore, IssuedKey
+from services.runtime.bearer import api_key_interceptors
 from services.runtime.config import Settings
 
 __all__ = ["run_demo"]
@@ -34,6 +37,7 @@ __all__ = ["run_demo"]
 Say = Callable[[str], None]
 AGENTFLUX = str(Path(sys.executable).with_name("agentflux"))
 NAMESPACE = "demo."
+DEMO_TENANT = "demo"
 _CORRELATION = re.compile(r"^correlation\s+([0-9a-f]{32})", re.M)
 _PAGE = b"agentflux demo page: the http_get tool read this from 127.0.0.1.\n"
 
@@ -71,8 +75,10 @@ def _page() -> Iterator[str]:
 
 async def run_demo(settings: Settings, say: Say) -> str:
     """Runs the demo; returns the correlation id of the run whose trace it printed."""
+    issued = await _demo_key(settings)
     env = {
         **os.environ,
+        "AGENTFLUX_API_KEY": issued.key,  # what `agentflux ask` presents
         "AGENTFLUX_NAMESPACE": NAMESPACE,
         "AGENTFLUX_GATEWAY_PORT": str(_free_port()),
         "AGENTFLUX_INDEXER_PORT": str(_free_port()),
@@ -99,11 +105,12 @@ async def run_demo(settings: Settings, say: Say) -> str:
             ]
             correlations = [await _ask(prompt, env, say) for prompt in asks]
             gateway = f"{settings.host}:{env['AGENTFLUX_GATEWAY_PORT']}"
-            await _until_indexed(gateway, "demo")
+            await _until_indexed(gateway, "demo", issued.key)
             correlations.append(await _ask("what did I say about the demo", env, say))
         finally:
             serve.send_signal(signal.SIGTERM)
             await asyncio.to_thread(serve.wait, 60)
+            await _forget_key(settings, issued.record.key_id)
     return correlations[1]
 
 
@@ -142,13 +149,36 @@ async def _ask(prompt: str, env: dict[str, str], say: Say) -> str:
     return found.group(1) if found else ""
 
 
-async def _until_indexed(gateway: str, words: str, timeout: float = 30.0) -> None:
+async def _until_indexed(gateway: str, words: str, key: str, timeout: float = 30.0) -> None:
     """The indexer is a projection: wait until the earlier answers are searchable."""
     deadline = time.monotonic() + timeout
-    async with grpc.aio.insecure_channel(gateway) as channel:
+    async with grpc.aio.insecure_channel(
+        gateway, interceptors=api_key_interceptors(key)
+    ) as channel:
         stub = gateway_pb2_grpc.AgentGatewayStub(channel)
         while time.monotonic() < deadline:
             found = await stub.SearchResponses(gateway_pb2.SearchResponsesRequest(query=words))
             if found.results:
                 return
             await asyncio.sleep(0.2)
+
+
+@asynccontextmanager
+async def _key_store(settings: Settings) -> AsyncIterator[ApiKeyStore]:
+    client = connect_redis(settings)
+    try:
+        yield ApiKeyStore(client, namespace=NAMESPACE)
+    finally:
+        await client.aclose()
+
+
+async def _demo_key(settings: Settings) -> IssuedKey:
+    """A fresh API key of tenant `demo` in the demo's namespace, for this run's asks."""
+    async with _key_store(settings) as store:
+        return await store.add(DEMO_TENANT, "agentflux demo")
+
+
+async def _forget_key(settings: Settings, key_id: str) -> None:
+    """Deletes the demo's key: the demo leaves no key behind."""
+    async with _key_store(settings) as store:
+        await store.delete(key_id)

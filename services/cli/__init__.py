@@ -14,6 +14,8 @@ from pydantic import ValidationError
 
 from services import stack
 from services.cli.ask import ask
+from services.cli.certs import certs_app
+from services.cli.tenants import tenants_app
 from services.cli.trace import trace as show_trace
 from services.runtime.config import Settings
 from services.stack import ServiceStatus
@@ -30,6 +32,8 @@ stack_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(stack_app, name="stack")
+app.add_typer(certs_app, name="certs")
+app.add_typer(tenants_app, name="tenants")
 
 
 def _settings() -> Settings:
@@ -151,12 +155,15 @@ def serve(
     # `config` do not need.
     from interceptors import configure_logging
     from services.cli.serve import serve_forever
+    from services.runtime.tls import TLSSettingsError
 
     configure_logging("agentflux", log_level.upper(), json=json_logs)
     try:
         code = asyncio.run(serve_forever(settings, names, say=_say))
     except KeyboardInterrupt:
         code = 130
+    except TLSSettingsError as exc:  # a setting to fix, not a stack to start
+        raise _fail(exc) from None
     except Exception as exc:
         typer.echo(
             "could not start; is the stack up? `agentflux stack up` starts it "

@@ -18,11 +18,13 @@ import typer
 from agentflux.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from interceptors import FluxContext, Telemetry, bind, client_interceptors, new_id
 from services.cli.ask_view import JsonView, TextView, View, trace_summary
+from services.runtime.bearer import api_key_interceptors
 from services.runtime.config import Settings
+from services.runtime.tls import TLSSettingsError, gateway_channel
 
 __all__ = ["ask"]
 
@@ -85,8 +87,16 @@ def _rpc_error(exc: grpc.aio.AioRpcError, target: str) -> AskError:
     if code is grpc.StatusCode.UNAVAILABLE and status is None:  # no gateway answered
         return AskError(
             f"cannot reach the gateway at {target} ({details})\n"
-            "start it with `agentflux serve` (and the stack with `agentflux stack up`)",
+            "start it with `agentflux serve` (and the stack with `agentflux stack up`)\n"
+            "a gateway serving TLS needs AGENTFLUX_TLS_CA_FILE (and, for mutual TLS, "
+            "AGENTFLUX_TLS_CLIENT_CERT_FILE and AGENTFLUX_TLS_CLIENT_KEY_FILE)",
             resumable=True,
+        )
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        return AskError(
+            f"{code.name}: {details}\n"
+            "set AGENTFLUX_API_KEY (or pass --api-key) to an API key of your tenant; "
+            "an operator makes one with `agentflux tenants add TENANT`"
         )
     lines = [f"{code.name}: {details}"]
     for detail in status.details if status is not None else ():
@@ -149,8 +159,13 @@ async def _ask(
     target = settings.gateway_target
     telemetry = Telemetry.for_service("cli", settings, batch_delay_ms=100)
     try:
-        interceptors = client_interceptors(telemetry)
-        async with grpc.aio.insecure_channel(target, interceptors=interceptors) as channel:
+        try:
+            interceptors = api_key_interceptors(settings.api_key.get_secret_value())
+            interceptors += client_interceptors(telemetry)
+            channel = gateway_channel(settings, interceptors=interceptors)
+        except TLSSettingsError as exc:
+            raise AskError(str(exc)) from None
+        async with channel:
             stub = gateway_pb2_grpc.AgentGatewayStub(channel)
             # One context and one trace for both calls: Submit and StreamRun share the
             # correlation id, and `agentflux trace` shows them under one root.
@@ -195,12 +210,23 @@ def ask(
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Give up after this many seconds.", min=0)
     ] = None,
+    api_key: Annotated[
+        str,
+        typer.Option(
+            "--api-key",
+            help="The API key to present (default: AGENTFLUX_API_KEY, which keeps it out "
+            "of the process list and shell history).",
+            show_default=False,
+        ),
+    ] = "",
 ) -> None:
     """Ask the agent and stream its answer, with each tool call and the trace summary."""
     if bool(prompt.strip()) == bool(resume) or (after and not resume):
         typer.secho("give a prompt, or --resume RUN (optionally --after EVENT_ID)", err=True)
         raise typer.Exit(1)
     settings = _settings()
+    if api_key:
+        settings = settings.model_copy(update={"api_key": SecretStr(api_key)})
     request = None
     if not resume:
         request = gateway_pb2.SubmitRequest(

@@ -105,7 +105,9 @@ class ComposerService(Service):
         if reason is not None:
             await self.ender.cancel(run, step, reason)
             return b"cancelled"
-        failed = [r for r in results if r.status != types_pb2.TOOL_CALL_STATUS_SUCCEEDED]
+        # A rejected call is an answer of its own (a person said no): the model hears it.
+        went_on = (types_pb2.TOOL_CALL_STATUS_SUCCEEDED, types_pb2.TOOL_CALL_STATUS_REJECTED)
+        failed = [r for r in results if r.status not in went_on]
         if failed:
             await self.ender.fail(run, step, _failures(failed))
             return b"failed"

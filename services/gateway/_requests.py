@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 
 from agentflux.v1 import gateway_pb2, types_pb2
 
@@ -62,11 +63,27 @@ def required_text(field: str, value: str, max_bytes: int) -> str:
     return value
 
 
-def checked_after(value: str) -> str:
-    """A resume point: empty (from the start) or an event id `<milliseconds>-<sequence>`."""
-    if value and not is_event_id(value):
-        raise InvalidArgument("after_event_id", "not an event id (<milliseconds>-<sequence>)")
-    return value
+def checked_after(event_id: str, sequence: int = 0) -> str:
+    """A resume point as an event id: empty (from the start), `after_event_id`, or the
+    id of `after_sequence` (one of the two, not both)."""
+    if event_id and sequence:
+        raise InvalidArgument("after_sequence", "give after_event_id or after_sequence, not both")
+    if sequence < 0:
+        raise InvalidArgument("after_sequence", "must not be negative")
+    if sequence:
+        return f"{sequence}-0"
+    if event_id and not is_event_id(event_id):
+        raise InvalidArgument("after_event_id", "not an event id (<sequence>-0)")
+    return event_id
+
+
+def digest(request: gateway_pb2.SubmitRequest) -> str:
+    """What a request asks for, as a digest: the same `request_id` must come back with
+    the same digest (a retry), or it is refused (a different request reusing the id)."""
+    same = gateway_pb2.SubmitRequest()
+    same.CopyFrom(request)
+    same.ClearField("request_id")
+    return hashlib.sha256(same.SerializeToString(deterministic=True)).hexdigest()[:32]
 
 
 def checked_status(value: int) -> int:

@@ -9,6 +9,7 @@ and NOT_SERVING again as soon as the service is asked to stop. Server reflection
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -17,13 +18,23 @@ from agentflux.v1 import gateway_pb2, gateway_pb2_grpc, index_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from interceptors import EventProducer, ServerContextInterceptor, Telemetry, client_interceptors
+from interceptors import (
+    EventProducer,
+    ServerContextInterceptor,
+    TaskPublisher,
+    Telemetry,
+    client_interceptors,
+)
+from services.gateway._auth import auth_interceptor
 from services.gateway._servicer import AgentGateway
 from services.runs import RunStore
 from services.runtime.adapters.redis import connect_redis
 from services.runtime.mesh import Mesh, Service
+from services.runtime.tls import add_port, server_tls
 
 __all__ = ["GatewayService"]
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -72,6 +83,8 @@ class GatewayService(Service):
 
     async def start(self) -> None:
         settings, mesh = self.mesh.settings, self.mesh
+        # TLS files are checked before anything else: a bad one stops the start here.
+        tls = server_tls(settings)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._index = grpc.aio.insecure_channel(
             settings.indexer_target, interceptors=client_interceptors(self.telemetry)
@@ -87,11 +100,19 @@ class GatewayService(Service):
                 topic_prefix=mesh.namespace,
             ),
             index=index_pb2_grpc.ResponseIndexServiceStub(self._index),
+            tasks=TaskPublisher(
+                await mesh.rabbit(),
+                self.telemetry,
+                source="/agentflux/gateway",
+                name_prefix=mesh.namespace,
+            ),
         )
         # No SO_REUSEPORT: a second gateway on a taken port fails here, instead of
         # silently sharing the port (and its calls) with a forgotten one.
+        # The caller's tenant (API key) is resolved inside the context the first binds.
         server = grpc.aio.server(
-            interceptors=[_Interceptor(self.telemetry)], options=[("grpc.so_reuseport", 0)]
+            interceptors=[_Interceptor(self.telemetry), auth_interceptor(settings, mesh.redis)],
+            options=[("grpc.so_reuseport", 0)],
         )
         gateway_pb2_grpc.add_AgentGatewayServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -100,11 +121,13 @@ class GatewayService(Service):
         )
         address = f"{settings.host}:{settings.gateway_port}"
         try:
-            self.port = server.add_insecure_port(address)
+            self.port = add_port(server, address, tls)
         except RuntimeError as exc:
             raise RuntimeError(f"gateway: cannot listen on {address} (in use?)") from exc
         await server.start()
         self._server = server
+        mode = tls.mode if tls is not None else "plaintext"
+        log.info("gateway serves %s on %s:%d", mode, settings.host, self.port)
         await mesh.producer.warm([mesh.topic("agent.requested")])
         await asyncio.gather(mesh.redis.ping(), self.stream_redis.ping())
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)

@@ -6,6 +6,10 @@ before an RPC returns, so a caller reads what it wrote at once, from any gateway
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,6 +22,7 @@ from agentflux.v1 import (
     gateway_pb2_grpc,
     index_pb2,
     index_pb2_grpc,
+    tasks_pb2,
     types_pb2,
 )
 from confluent_kafka import KafkaException
@@ -25,6 +30,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from interceptors import (
+    AlreadyExists,
     DeadlineExceeded,
     EventProducer,
     FailedPrecondition,
@@ -33,12 +39,22 @@ from interceptors import (
     InvalidArgument,
     NotFound,
     OutOfRange,
+    ResourceExhausted,
+    TaskPublisher,
+    Unauthenticated,
     Unavailable,
     bind,
     current,
 )
 from services.gateway import _requests as req
-from services.runs import TERMINAL, RunStore, StreamGapError
+from services.runs import (
+    TERMINAL,
+    RequestReusedError,
+    RunStore,
+    StreamGapError,
+    TooManyRunsError,
+    finished_of,
+)
 from services.runtime.config import Settings
 
 __all__ = ["AgentGateway"]
@@ -49,6 +65,10 @@ STREAM_BLOCK_MS = 2_000
 SEARCH_TIMEOUT_S = 10.0
 MAX_QUERY_BYTES = 1024
 MAX_REASON_BYTES = 1024
+# How much longer than the tools' cancel deadline CancelRun waits for them to stop.
+CANCEL_SLACK_S = 2.0
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -70,16 +90,23 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
         streams: RunStore,
         events: EventProducer,
         index: index_pb2_grpc.ResponseIndexServiceAsyncStub,
+        tasks: TaskPublisher,
     ) -> None:
         self.settings = settings
         self.store = store  # unary calls
         self.streams = streams  # StreamRun: its own pool, one connection per open stream
         self.events = events
         self.index = index
+        self.tasks = tasks  # approved (or rejected) calls' tasks go to the workers
 
     def _tenant(self) -> str:
+        # The one place a handler learns its tenant: the auth interceptor (_auth.py) bound
+        # the key's tenant (or, with auth off, x-tenant-id or the setting). None bound means
+        # the call never went through it: refuse rather than guess a tenant.
         ctx = current()
-        return ctx.tenant_id if ctx is not None and ctx.tenant_id else self.settings.tenant
+        if ctx is None or not ctx.tenant_id:
+            raise Unauthenticated("the call's tenant is unknown (not authenticated)")
+        return ctx.tenant_id
 
     async def Submit(  # noqa: N802 - generated servicer method names
         self, request: gateway_pb2.SubmitRequest, context: Any
@@ -87,7 +114,26 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
         run = req.new_run(request, self._tenant(), self.settings)
         with _store_reachable():
             try:
-                run, new = await self.store.create(run, request.request_id)
+                run, new = await self.store.create(
+                    run,
+                    request.request_id,
+                    digest=req.digest(request),
+                    max_in_flight=self.settings.max_runs_in_flight,
+                )
+            except RequestReusedError as reused:
+                raise AlreadyExists(
+                    f"request_id {request.request_id} was used for a different request; it "
+                    f"started run {reused.run.run_id}",
+                    reason="REQUEST_ID_REUSED",
+                    metadata={"run_id": reused.run.run_id},
+                ) from None
+            except TooManyRunsError as full:
+                raise ResourceExhausted(
+                    f"the tenant has {full.in_flight} runs in flight, its limit "
+                    f"(AGENTFLUX_MAX_RUNS_IN_FLIGHT); retry when one ends",
+                    reason="RUNS_IN_FLIGHT",
+                    retry_after=1.0,
+                ) from None
             except LookupError:
                 raise FailedPrecondition(
                     f"request_id {request.request_id} started a run that no longer exists; "
@@ -129,10 +175,15 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
     ) -> AsyncIterator[gateway_pb2.StreamRunResponse]:
         tenant = self._tenant()
         run_id = req.required_id("run_id", request.run_id)
-        after = req.checked_after(request.after_event_id)
+        after = req.checked_after(request.after_event_id, request.after_sequence)
         with _store_reachable():
             if not await self.streams.events_exist(tenant, run_id):
-                raise self._no_events(await self.streams.get(tenant, run_id), run_id)
+                run = await self.streams.get(tenant, run_id)
+                if run is None:
+                    raise self._no_events(None, run_id)
+                async for event in self._rebuilt(run, after):
+                    yield event
+                return
             block: int | None = None  # the first read never waits: see below
             trusted = False  # the caller's `after` is checked once; later ones are ours
             while True:
@@ -157,11 +208,43 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
                             if run is None:
                                 raise self._no_events(None, run_id)
                             return
+                    else:
+                        continue  # quiet for a while (a run waiting for a person): wait on
                 for event in batch:
                     yield event
                     if event.WhichOneof("event") == "finished":
                         return
                 after = batch[-1].event_id
+
+    async def _rebuilt(
+        self, run: types_pb2.Run, after: str
+    ) -> AsyncIterator[gateway_pb2.StreamRunResponse]:
+        """The run's events outlived their retention: say which are lost, never skip them
+        silently, then end with `finished`, rebuilt from the stored run (the projection
+        of `agent.completed`), so the caller still learns how the run ended."""
+        last = await self.streams.last_sequence(run.tenant_id, run.run_id)
+        seen = int(after.split("-", 1)[0]) if after else 0
+        if run.status not in TERMINAL or seen >= last:
+            return  # nothing the caller has not seen
+        if seen + 1 <= last - 1:
+            yield gateway_pb2.StreamRunResponse(
+                event_id=f"{last - 1}-0",
+                sequence=last - 1,
+                events_lost=gateway_pb2.EventsLost(
+                    from_sequence=seen + 1,
+                    to_sequence=last - 1,
+                    reason=(
+                        f"the run's events are kept {self.settings.stream_retention_s} s "
+                        "after it ends"
+                    ),
+                ),
+            )
+        yield gateway_pb2.StreamRunResponse(
+            event_id=f"{last}-0",
+            sequence=last,
+            event_time=run.update_time,
+            finished=finished_of(run),
+        )
 
     def _no_events(self, run: types_pb2.Run | None, run_id: str) -> NotFound:
         if run is None:
@@ -204,11 +287,78 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
         reason = request.reason.strip() or "cancelled by the caller"
         if len(reason.encode("utf-8")) > MAX_REASON_BYTES:
             raise InvalidArgument("reason", f"at most {MAX_REASON_BYTES} bytes (UTF-8)")
+        tenant = self._tenant()
         with _store_reachable():
-            run = await self.store.request_cancel(self._tenant(), run_id, reason)
+            run = await self.store.request_cancel(tenant, run_id, reason)
+            if run is None:
+                raise NotFound(f"no run {run_id}", metadata={"run_id": run_id})
+            # Calls waiting for a person would hold the run until their approval timeout:
+            # decide them now, and their tasks reach a worker that sees the cancel.
+            for call in run.pending_approvals:
+                with contextlib.suppress(FailedPrecondition):  # decided meanwhile: fine
+                    await self._decide(tenant, run_id, call.tool_call_id, False, reason)
+            await self._until_tools_stopped(tenant, run_id)
+            run = await self.store.get(tenant, run_id) or run
+        return gateway_pb2.CancelRunResponse(run=run)
+
+    async def _until_tools_stopped(self, tenant: str, run_id: str) -> None:
+        """Waits until no tool of the run is running: each sees the cancel and stops, or
+        its worker abandons it after `cancel_deadline_s`. No call can begin after the
+        cancel, so from the return of CancelRun on no tool side effect of the run starts.
+        A worker that died mid-call leaves its mark behind: the wait is bounded."""
+        deadline = time.monotonic() + self.settings.cancel_deadline_s + CANCEL_SLACK_S
+        while await self.store.active_calls(tenant, run_id):
+            if time.monotonic() >= deadline:
+                log.warning("run %s: tools still marked running after the cancel", run_id)
+                return
+            await asyncio.sleep(0.05)
+
+    async def ApproveToolCall(  # noqa: N802
+        self, request: gateway_pb2.ApproveToolCallRequest, context: Any
+    ) -> gateway_pb2.ApproveToolCallResponse:
+        run_id = req.required_id("run_id", request.run_id)
+        call_id = req.required_id("tool_call_id", request.tool_call_id)
+        run = await self._decide(self._tenant(), run_id, call_id, True, "")
+        return gateway_pb2.ApproveToolCallResponse(run=run)
+
+    async def RejectToolCall(  # noqa: N802
+        self, request: gateway_pb2.RejectToolCallRequest, context: Any
+    ) -> gateway_pb2.RejectToolCallResponse:
+        run_id = req.required_id("run_id", request.run_id)
+        call_id = req.required_id("tool_call_id", request.tool_call_id)
+        reason = request.reason.strip() or "rejected by a person"
+        if len(reason.encode("utf-8")) > MAX_REASON_BYTES:
+            raise InvalidArgument("reason", f"at most {MAX_REASON_BYTES} bytes (UTF-8)")
+        run = await self._decide(self._tenant(), run_id, call_id, False, reason)
+        return gateway_pb2.RejectToolCallResponse(run=run)
+
+    async def _decide(
+        self, tenant: str, run_id: str, call_id: str, approved: bool, reason: str
+    ) -> types_pb2.Run:
+        """Records the decision, then publishes the call's task: a worker runs it (an
+        approval) or answers REJECTED for it (a rejection), and the run goes on."""
+        with _store_reachable():
+            if await self.store.get(tenant, run_id) is None:
+                raise NotFound(f"no run {run_id}", metadata={"run_id": run_id})
+            code, value = await self.store.decide(
+                tenant, run_id, call_id, approved=approved, reason=reason
+            )
+            if code == -1:
+                raise NotFound(
+                    f"run {run_id} has no call {call_id} waiting for approval",
+                    metadata={"run_id": run_id, "tool_call_id": call_id},
+                )
+            if code == 0:
+                state = value.decode().partition(":")[0]
+                raise FailedPrecondition(
+                    f"call {call_id} is {state} already", reason="ALREADY_DECIDED"
+                )
+            task = tasks_pb2.ToolTask.FromString(value)
+            await self.tasks.publish(task, idempotency_key=f"{call_id}:task")
+            run = await self.store.get(tenant, run_id)
         if run is None:
             raise NotFound(f"no run {run_id}", metadata={"run_id": run_id})
-        return gateway_pb2.CancelRunResponse(run=run)
+        return run
 
     async def SearchResponses(  # noqa: N802
         self, request: gateway_pb2.SearchResponsesRequest, context: Any

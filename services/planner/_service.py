@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from agentflux.v1 import events_pb2, gateway_pb2, tasks_pb2, types_pb2
@@ -25,7 +26,8 @@ from services.runtime.cache import ReadThroughCache
 from services.runtime.flags import FeatureFlags
 from services.runtime.keys import Keys
 from services.runtime.mesh import Mesh, Service
-from services.tools import ToolRegistry
+from services.runtime.topology import task_topology
+from services.tools import ToolRegistry, needs_approval
 
 __all__ = ["CAPTURE_CONTENT", "PlannerService"]
 
@@ -77,6 +79,11 @@ class PlannerService(Service):
             mesh.memcached, namespace=mesh.namespace, ttl_s=settings.cache_ttl_s
         )
         self.flags = FeatureFlags(self.cache, settings)
+
+    @property
+    def _approval_queue(self) -> str:
+        contract = self.mesh.contracts.task(tasks_pb2.ToolTask)
+        return task_topology(self.mesh.settings, contract, self.mesh.namespace).approval_queue
 
     async def start(self) -> None:
         rabbit = await self.mesh.rabbit()
@@ -207,7 +214,23 @@ class PlannerService(Service):
             max_attempts=1 + len(settings.tool_task_retry_delays_ms),
             timeout=duration_pb2.Duration(seconds=int(timeout), nanos=int((timeout % 1) * 1e9)),
         )
-        await self.tasks.publish(task, idempotency_key=f"{call.tool_call_id}:task")
+        key = f"{call.tool_call_id}:task"
+        if not needs_approval(settings, spec.spec if spec is not None else None, call.name):
+            await self.tasks.publish(task, idempotency_key=key)
+            return
+        # Held for a person: the run waits (AWAITING_APPROVAL, an event with the call and
+        # its arguments), and the task waits in the approval queue as the timer: at the
+        # timeout it reaches a worker, which fails the call unless it was decided. An
+        # approval publishes the task at once under the same key, so the two copies run
+        # the call once.
+        timeout_s = settings.approval_timeout_s
+        expire_ms = time.time_ns() // 1_000_000 + timeout_s * 1000
+        await self.store.pause_for_approval(
+            run.tenant_id, run.run_id, call, task.SerializeToString(), expire_ms
+        )
+        await self.tasks.publish(
+            task, idempotency_key=key, queue=self._approval_queue, expiration_s=timeout_s
+        )
 
 
 def _over_steps(limits: types_pb2.RunLimits) -> str:

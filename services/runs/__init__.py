@@ -22,8 +22,10 @@ from services.runs._ending import RunEnder
 from services.runs._store import (
     TERMINAL,
     Finished,
+    RequestReusedError,
     RunStore,
     StreamGapError,
+    TooManyRunsError,
     completion_of,
     finished_of,
     is_event_id,
@@ -32,9 +34,11 @@ from services.runs._store import (
 __all__ = [
     "TERMINAL",
     "Finished",
+    "RequestReusedError",
     "RunEnder",
     "RunStore",
     "StreamGapError",
+    "TooManyRunsError",
     "completion_of",
     "finished_of",
     "is_event_id",

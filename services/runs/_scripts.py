@@ -1,68 +1,125 @@
 """The Lua scripts behind `RunStore`: each write that must happen once, atomically.
 
-Statuses are `RunStatus` numbers: 1 PENDING, 2 RUNNING, and 3 and up terminal
-(COMPLETED, FAILED, CANCELLED)."""
+Statuses are `RunStatus` numbers: 1 PENDING, 2 RUNNING, 3 COMPLETED, 4 FAILED,
+5 CANCELLED (3-5 are the ends), 6 CANCELLING, 7 AWAITING_APPROVAL.
+
+Every event is appended through `append`: the run's counter `seq` gives it the next
+sequence number, and the stream entry's id is `<sequence>-0`, so event ids are the
+sequence numbers themselves: gap-free, in order, and a resume point that any gateway
+(after a restart, too) can serve from the stream alone."""
 
 from __future__ import annotations
 
 __all__ = [
     "ADD_ONCE",
     "APPEND_ONCE",
+    "BEGIN_CALL",
     "CANCEL",
     "CREATE",
+    "DECIDE",
+    "END_CALL",
+    "EXPIRE_APPROVAL",
     "FINISH",
+    "PAUSE",
     "RECORD",
     "RUNNING",
     "TURN",
 ]
 
-CREATE = """
-if ARGV[7] == '1' then
-  local first = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[5], 'GET')
-  if first then return first end
+_PRELUDE = """
+local function ended(s) return s == 3 or s == 4 or s == 5 end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-redis.call('HSET', KEYS[2], 'run', ARGV[2], 'status', 1, 'steps', 0, 'update_ms', ARGV[3])
+local function append(run, events, field, value)
+  local seq = redis.call('HINCRBY', run, 'seq', 1)
+  local id = seq .. '-0'
+  redis.call('XADD', events, id, field, value, 't', now_ms())
+  return id
+end
+"""
+
+# KEYS: request, run, runs, events, in-flight. A reused request id answers with the
+# run it started and the digest of the request that started it; a tenant at its cap of
+# runs in flight is refused before anything is written.
+CREATE = (
+    _PRELUDE
+    + """
+if ARGV[7] == '1' then
+  local first = redis.call('GET', KEYS[1])
+  if first then return {'existing', first} end
+end
+local cap = tonumber(ARGV[9])
+if cap > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[10]))
+  local busy = redis.call('ZCARD', KEYS[5])
+  if busy >= cap then return {'full', tostring(busy)} end
+  redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+  redis.call('PEXPIRE', KEYS[5], ARGV[10])
+end
+if ARGV[7] == '1' then
+  redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[8], 'EX', ARGV[5])
+end
+redis.call('HSET', KEYS[2], 'run', ARGV[2], 'status', 1, 'steps', 0, 'update_ms', ARGV[3],
+  'seq', 0)
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[6]) * 1000)
 redis.call('EXPIRE', KEYS[3], ARGV[6])
-redis.call('XADD', KEYS[4], '*', 'e', ARGV[4])
+append(KEYS[2], KEYS[4], 'e', ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[6])
-return false
+return {'new', ''}
 """
+)
 
 # Nothing is appended to a run that ended: `finished` stays the last event.
-APPEND_ONCE = """
+APPEND_ONCE = (
+    _PRELUDE
+    + """
 local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
-if not status or status >= 3 then return false end
+if not status or ended(status) then return false end
 if redis.call('HSETNX', KEYS[1], 'once:' .. ARGV[1], 1) == 0 then return false end
-return redis.call('XADD', KEYS[2], '*', 'e', ARGV[2])
+return append(KEYS[1], KEYS[2], 'e', ARGV[2])
 """
+)
 
-RUNNING = """
+# A run being cancelled stays CANCELLING whatever step starts.
+RUNNING = (
+    _PRELUDE
+    + """
 local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
-if not status or status >= 3 then return 0 end
+if not status or ended(status) then return 0 end
 local steps = tonumber(redis.call('HGET', KEYS[1], 'steps') or '0')
 if tonumber(ARGV[1]) + 1 > steps then steps = tonumber(ARGV[1]) + 1 end
-redis.call('HSET', KEYS[1], 'status', 2, 'steps', steps, 'update_ms', ARGV[2])
+if status ~= 6 then status = 2 end
+redis.call('HSET', KEYS[1], 'status', status, 'steps', steps, 'update_ms', ARGV[2])
 return 1
 """
+)
 
-CANCEL = """
+# From here on no tool call may begin (BEGIN_CALL checks the same field atomically).
+CANCEL = (
+    _PRELUDE
+    + """
 local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
 if not status then return -1 end
-if status >= 3 then return 0 end
+if ended(status) then return 0 end
 redis.call('HSETNX', KEYS[1], 'cancel', ARGV[1])
-redis.call('HSET', KEYS[1], 'update_ms', ARGV[2])
+redis.call('HSET', KEYS[1], 'status', 6, 'update_ms', ARGV[2])
 return 1
 """
+)
 
-# The run's end, at most once. A cancellation requested before it wins over the
-# outcome the caller brings: the caller asked for the work to stop.
-FINISH = """
+# KEYS: run, events, in-flight. The run's end, at most once. A cancellation requested
+# before it wins over the outcome the caller brings: the caller asked for the work to
+# stop. The run leaves the tenant's runs in flight.
+FINISH = (
+    _PRELUDE
+    + """
 local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
 if not status then return -1 end
-if status >= 3 then return 0 end
+if ended(status) then return 0 end
 local final, err = ARGV[1], ARGV[3]
 local cancel = redis.call('HGET', KEYS[1], 'cancel')
 if cancel then final, err = '5', cancel end
@@ -70,10 +127,12 @@ redis.call('HSET', KEYS[1], 'status', final, 'error', err, 'update_ms', ARGV[5])
 if final == '3' then redis.call('HSET', KEYS[1], 'answer', ARGV[2]) end
 local steps = tonumber(redis.call('HGET', KEYS[1], 'steps') or '0')
 if tonumber(ARGV[4]) > steps then redis.call('HSET', KEYS[1], 'steps', ARGV[4]) end
-redis.call('XADD', KEYS[2], '*', 'k', 'finished')
+redis.call('ZREM', KEYS[3], ARGV[7])
+append(KEYS[1], KEYS[2], 'k', 'finished')
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 return tonumber(final)
 """
+)
 
 # A step's results; the caller whose result completes the step (and the same caller
 # again, on a redelivery) gets them all, everyone else gets nothing. A result of an
@@ -113,4 +172,70 @@ redis.call('HINCRBY', KEYS[2], 'turns', 1)
 redis.call('HSET', KEYS[2], 'last_run', ARGV[1], 'last_status', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 1
+"""
+
+# A tool call begins only if its run is neither cancelled nor ended, checked and
+# recorded in one step: once CANCEL returned, no call can begin.
+BEGIN_CALL = (
+    _PRELUDE
+    + """
+local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
+if not status or ended(status) or redis.call('HEXISTS', KEYS[1], 'cancel') == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'active:' .. ARGV[1], ARGV[2])
+return 1
+"""
+)
+
+END_CALL = """
+return redis.call('HDEL', KEYS[1], 'active:' .. ARGV[1])
+"""
+
+# A call that needs approval: kept pending (with its task, to publish once approved)
+# and announced once; the run waits unless it is being cancelled.
+PAUSE = (
+    _PRELUDE
+    + """
+local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
+if not status or ended(status) then return 0 end
+if redis.call('HSETNX', KEYS[1], 'approval:' .. ARGV[1], 'pending') == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'pending:' .. ARGV[1], ARGV[2], 'task:' .. ARGV[1], ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'pending', 1)
+if status ~= 6 then redis.call('HSET', KEYS[1], 'status', 7, 'update_ms', ARGV[5]) end
+append(KEYS[1], KEYS[2], 'e', ARGV[4])
+return 1
+"""
+)
+
+# A person's decision on a pending call: {1, task} when it took effect (the caller then
+# publishes the task), {0, state} when the call was decided already (or expired), {-1}
+# for a call that never waited. The run goes on once nothing waits.
+DECIDE = (
+    _PRELUDE
+    + """
+local state = redis.call('HGET', KEYS[1], 'approval:' .. ARGV[1])
+if not state then return {-1, ''} end
+if state ~= 'pending' then return {0, state} end
+redis.call('HSET', KEYS[1], 'approval:' .. ARGV[1], ARGV[2], 'update_ms', ARGV[4])
+redis.call('HDEL', KEYS[1], 'pending:' .. ARGV[1])
+local left = redis.call('HINCRBY', KEYS[1], 'pending', -1)
+local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
+if left <= 0 and status == 7 then redis.call('HSET', KEYS[1], 'status', 2) end
+append(KEYS[1], KEYS[2], 'e', ARGV[3])
+return {1, redis.call('HGET', KEYS[1], 'task:' .. ARGV[1])}
+"""
+)
+
+# The approval timer fired: a call still pending expires (the run then fails); returns
+# the call's state after this (`expired`, or the decision made in time).
+EXPIRE_APPROVAL = """
+local state = redis.call('HGET', KEYS[1], 'approval:' .. ARGV[1])
+if state == 'pending' then
+  redis.call('HSET', KEYS[1], 'approval:' .. ARGV[1], 'expired')
+  redis.call('HDEL', KEYS[1], 'pending:' .. ARGV[1])
+  redis.call('HINCRBY', KEYS[1], 'pending', -1)
+  return 'expired'
+end
+return state or ''
 """

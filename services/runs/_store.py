@@ -14,9 +14,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from services.runs._scripts import (
     ADD_ONCE,
     APPEND_ONCE,
+    BEGIN_CALL,
     CANCEL,
     CREATE,
+    DECIDE,
+    END_CALL,
+    EXPIRE_APPROVAL,
     FINISH,
+    PAUSE,
     RECORD,
     RUNNING,
     TURN,
@@ -27,8 +32,10 @@ from services.runtime.keys import Keys
 __all__ = [
     "TERMINAL",
     "Finished",
+    "RequestReusedError",
     "RunStore",
     "StreamGapError",
+    "TooManyRunsError",
     "completion_of",
     "finished_of",
     "is_event_id",
@@ -49,6 +56,22 @@ def is_event_id(value: str) -> bool:
     return bool(_EVENT_ID.fullmatch(value)) and all(
         int(part) <= _ID_PART_MAX for part in value.split("-")
     )
+
+
+class TooManyRunsError(Exception):
+    """The tenant has as many runs in flight as it may."""
+
+    def __init__(self, in_flight: int) -> None:
+        super().__init__(f"{in_flight} runs in flight")
+        self.in_flight = in_flight
+
+
+class RequestReusedError(Exception):
+    """A `request_id` came back with a different request; `run` is the one it started."""
+
+    def __init__(self, run: types_pb2.Run) -> None:
+        super().__init__(f"request id reused; it started run {run.run_id}")
+        self.run = run
 
 
 class StreamGapError(Exception):
@@ -84,12 +107,16 @@ class RunStore:
         run_ttl_s: int = 7 * 86400,
         stream_ttl_s: int = 3600,
         request_ttl_s: int = 86400,
+        in_flight_horizon_s: int = 6 * 3600,
     ) -> None:
         self.redis = redis
         self.keys = Keys(namespace)
         self.run_ttl_s = run_ttl_s
         self.stream_ttl_s = stream_ttl_s
         self.request_ttl_s = request_ttl_s
+        # A run that never ended (its services lost) stops counting against its tenant's
+        # runs in flight after this long, so a lost run cannot hold a slot for ever.
+        self.in_flight_horizon_s = in_flight_horizon_s
         self._create = redis.register_script(CREATE)
         self._append = redis.register_script(APPEND_ONCE)
         self._running = redis.register_script(RUNNING)
@@ -98,6 +125,11 @@ class RunStore:
         self._record = redis.register_script(RECORD)
         self._add = redis.register_script(ADD_ONCE)
         self._turn = redis.register_script(TURN)
+        self._begin_call = redis.register_script(BEGIN_CALL)
+        self._end_call = redis.register_script(END_CALL)
+        self._pause = redis.register_script(PAUSE)
+        self._decide = redis.register_script(DECIDE)
+        self._expire_approval = redis.register_script(EXPIRE_APPROVAL)
 
     @classmethod
     def for_settings(cls, redis: aioredis.Redis, settings: Settings) -> RunStore:
@@ -112,37 +144,60 @@ class RunStore:
 
     # -- the run ---------------------------------------------------------------------
 
-    async def create(self, run: types_pb2.Run, request_id: str = "") -> tuple[types_pb2.Run, bool]:
+    async def create(
+        self,
+        run: types_pb2.Run,
+        request_id: str = "",
+        *,
+        digest: str = "",
+        max_in_flight: int = 0,
+    ) -> tuple[types_pb2.Run, bool]:
         """Stores a new PENDING run with its `accepted` event; with a `request_id` seen
-        before, returns that run instead. The bool says whether the run is new."""
+        before, returns that run instead (the bool says whether the run is new).
+
+        `digest` identifies the request: a `request_id` reused for a request with another
+        digest raises `RequestReusedError` naming the first run. With `max_in_flight`, a
+        tenant with that many runs unfinished is refused with `TooManyRunsError`."""
         now = _now_ms()
         run.status = types_pb2.RUN_STATUS_PENDING
         run.create_time.CopyFrom(_timestamp(now))
         run.update_time.CopyFrom(_timestamp(now))
         accepted = gateway_pb2.StreamRunResponse(accepted=gateway_pb2.RunAccepted(run=run))
         tenant, run_id = run.tenant_id, run.run_id
-        first = await self._create(
-            keys=[
-                self.keys.request(tenant, request_id or "-"),
-                self.keys.run(tenant, run_id),
-                self.keys.runs(tenant),
-                self.keys.events(tenant, run_id),
-            ],
-            args=[
-                run_id,
-                run.SerializeToString(),
-                now,
-                accepted.SerializeToString(),
-                self.request_ttl_s,
-                self.run_ttl_s,
-                "1" if request_id else "0",
-            ],
+        kind, value = cast(
+            "list[bytes]",
+            await self._create(
+                keys=[
+                    self.keys.request(tenant, request_id or "-"),
+                    self.keys.run(tenant, run_id),
+                    self.keys.runs(tenant),
+                    self.keys.events(tenant, run_id),
+                    self.keys.in_flight(tenant),
+                ],
+                args=[
+                    run_id,
+                    run.SerializeToString(),
+                    now,
+                    accepted.SerializeToString(),
+                    self.request_ttl_s,
+                    self.run_ttl_s,
+                    "1" if request_id else "0",
+                    digest,
+                    max_in_flight,
+                    self.in_flight_horizon_s * 1000,
+                ],
+            ),
         )
-        if first is None:
+        if kind == b"new":
             return run, True
-        existing = await self.get(tenant, cast("bytes", first).decode())
+        if kind == b"full":
+            raise TooManyRunsError(int(value))
+        first_id, _, first_digest = value.decode().partition("|")
+        existing = await self.get(tenant, first_id)
         if existing is None:  # its record expired before the request id did
             raise LookupError(f"request {request_id} started a run that no longer exists")
+        if digest and first_digest and first_digest != digest:
+            raise RequestReusedError(existing)
         return existing, False
 
     async def get(self, tenant: str, run_id: str) -> types_pb2.Run | None:
@@ -281,7 +336,11 @@ class RunStore:
         `finished` event. Returns how the run ended, whoever ended it; None when the
         run is unknown (expired)."""
         ended = await self._finish(
-            keys=[self.keys.run(tenant, run_id), self.keys.events(tenant, run_id)],
+            keys=[
+                self.keys.run(tenant, run_id),
+                self.keys.events(tenant, run_id),
+                self.keys.in_flight(tenant),
+            ],
             args=[
                 status,
                 (answer or types_pb2.Answer()).SerializeToString(),
@@ -289,6 +348,7 @@ class RunStore:
                 steps,
                 _now_ms(),
                 self.stream_ttl_s,
+                run_id,
             ],
         )
         if ended == -1:
@@ -328,7 +388,7 @@ class RunStore:
         key = self.keys.events(tenant, run_id)
         if after and not trusted:
             if not is_event_id(after):
-                raise ValueError("not an event id (<milliseconds>-<sequence>)")
+                raise ValueError("not an event id (<sequence>-0)")
             if not await self.redis.xrange(key, after, after, count=1):
                 raise StreamGapError(after)
         start = after or "0-0"
@@ -358,8 +418,102 @@ class RunStore:
         else:
             event = gateway_pb2.StreamRunResponse.FromString(fields.get(b"e", b""))
         event.event_id = event_id
-        event.event_time.CopyFrom(_timestamp(int(event_id.split("-", 1)[0])))
+        event.sequence = int(event_id.split("-", 1)[0])
+        event.event_time.CopyFrom(_timestamp(int(fields.get(b"t", b"0"))))
         return event
+
+    async def first_sequence(self, tenant: str, run_id: str) -> int:
+        """Sequence number of the first event the stream still holds (0 when none)."""
+        rows: Any = await self.redis.xrange(self.keys.events(tenant, run_id), count=1)
+        return int(rows[0][0].decode().split("-", 1)[0]) if rows else 0
+
+    async def last_sequence(self, tenant: str, run_id: str) -> int:
+        """Sequence number of the run's last event (kept or not; 0 when none)."""
+        raw = await self.redis.hget(self.keys.run(tenant, run_id), "seq")
+        return int(cast("bytes", raw)) if raw else 0
+
+    # -- tool calls, cancellation and approval ---------------------------------------
+
+    async def begin_call(self, tenant: str, run_id: str, tool_call_id: str) -> bool:
+        """Records that a tool call begins, unless its run is cancelled or ended: one
+        atomic step, so once `request_cancel` returned no call of the run can begin."""
+        began = await self._begin_call(
+            keys=[self.keys.run(tenant, run_id)], args=[tool_call_id, _now_ms()]
+        )
+        return bool(began)
+
+    async def active_calls(self, tenant: str, run_id: str) -> dict[str, int]:
+        """The run's tool calls that began and are not over: call id -> when it began
+        (epoch ms)."""
+        fields = cast("dict[bytes, bytes]", await self.redis.hgetall(self.keys.run(tenant, run_id)))
+        return {
+            k.decode().removeprefix("active:"): int(v)
+            for k, v in fields.items()
+            if k.startswith(b"active:")
+        }
+
+    async def end_call(self, tenant: str, run_id: str, tool_call_id: str) -> None:
+        """Records that a tool call is over (whatever its outcome)."""
+        await self._end_call(keys=[self.keys.run(tenant, run_id)], args=[tool_call_id])
+
+    async def pause_for_approval(
+        self,
+        tenant: str,
+        run_id: str,
+        call: types_pb2.ToolCall,
+        task: bytes,
+        expire_ms: int,
+    ) -> bool:
+        """Keeps `call` (and its serialized `task`) pending a person's decision, puts the
+        run in AWAITING_APPROVAL and announces it (once); False when the run ended or the
+        call waits already."""
+        event = gateway_pb2.StreamRunResponse(
+            approval_requested=gateway_pb2.ApprovalRequested(
+                call=call, expire_time=_timestamp(expire_ms)
+            )
+        )
+        paused = await self._pause(
+            keys=[self.keys.run(tenant, run_id), self.keys.events(tenant, run_id)],
+            args=[
+                call.tool_call_id,
+                call.SerializeToString(),
+                task,
+                event.SerializeToString(),
+                _now_ms(),
+            ],
+        )
+        return bool(paused)
+
+    async def decide(
+        self, tenant: str, run_id: str, tool_call_id: str, *, approved: bool, reason: str = ""
+    ) -> tuple[int, bytes]:
+        """Records a person's decision on a pending call. Returns (1, the call's task)
+        when it took effect, (0, the call's state) when it was decided (or expired)
+        already, (-1, b"") for a call that never waited."""
+        event = gateway_pb2.StreamRunResponse(
+            approval_decided=gateway_pb2.ApprovalDecided(
+                tool_call_id=tool_call_id, approved=approved, reason=reason
+            )
+        )
+        state = "approved" if approved else f"rejected:{reason}"
+        code, value = cast(
+            "list[Any]",
+            await self._decide(
+                keys=[self.keys.run(tenant, run_id), self.keys.events(tenant, run_id)],
+                args=[tool_call_id, state, event.SerializeToString(), _now_ms()],
+            ),
+        )
+        return int(code), bytes(value or b"")
+
+    async def approval_state(self, tenant: str, run_id: str, tool_call_id: str) -> str:
+        """`pending`, `approved`, `rejected:<reason>`, `expired`, or "" (never waited)."""
+        raw = await self.redis.hget(self.keys.run(tenant, run_id), f"approval:{tool_call_id}")
+        return cast("bytes", raw).decode() if raw else ""
+
+    async def expire_approval(self, tenant: str, run_id: str, tool_call_id: str) -> str:
+        """The approval timer fired: a call still pending expires. Returns its state."""
+        got = await self._expire_approval(keys=[self.keys.run(tenant, run_id)], args=[tool_call_id])
+        return cast("bytes", got).decode() if got else ""
 
     # -- steps -----------------------------------------------------------------------
 
@@ -432,4 +586,6 @@ def _assemble(fields: dict[bytes, bytes]) -> types_pb2.Run:
     if not run.error_message and b"cancel" in fields and run.status not in TERMINAL:
         run.error_message = f"cancellation requested: {fields[b'cancel'].decode()}"
     run.update_time.CopyFrom(_timestamp(int(fields.get(b"update_ms", b"0"))))
+    pending = sorted(k for k in fields if k.startswith(b"pending:"))
+    run.pending_approvals.extend(types_pb2.ToolCall.FromString(fields[k]) for k in pending)
     return run

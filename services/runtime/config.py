@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "default_stack_dir"]
@@ -211,6 +211,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Keys from settings, comma-separated `tenant:sha256-hex-of-key` "
         "(hashes, never keys), beside those `agentflux tenants add` stores in Redis.",
+    )
+    api_key: SecretStr = Field(
+        SecretStr(""),
+        description="The key `agentflux ask` presents (`agentflux tenants add` makes one); "
+        "`agentflux config` shows it masked.",
     )
     tls_cert_file: Path | None = Field(
         None, description="PEM certificate of the gateway; set with the key to serve TLS only."

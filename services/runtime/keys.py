@@ -29,6 +29,10 @@ class Keys:
         """Sorted set: the tenant's run ids by creation time (milliseconds)."""
         return f"{self._base(tenant)}runs"
 
+    def in_flight(self, tenant: str) -> str:
+        """Sorted set: the tenant's runs not yet ended, by creation time (milliseconds)."""
+        return f"{self._base(tenant)}inflight"
+
     def request(self, tenant: str, request_id: str) -> str:
         """String: the run a Submit `request_id` started."""
         return f"{self._base(tenant)}request:{request_id}"
@@ -60,3 +64,23 @@ class Keys:
     def lock(self, name: str) -> str:
         """A lock (and `<lock>:token`, its fencing counter)."""
         return f"{self.namespace}af:lock:{name}"
+
+    # API keys (services.runtime.apikeys) live under `af:auth.`: a tenant id has no `.`,
+    # so no tenant's records can ever share these names.
+
+    def api_key(self, digest: str) -> str:
+        """Hash: the record of the API key whose SHA-256 hex digest is `digest` (tenant,
+        key id, label, created, revoked); never the key itself."""
+        return f"{self.namespace}af:auth.key:{digest}"
+
+    def api_key_id(self, key_id: str) -> str:
+        """String: the digest of the API key with this public key id (list, revoke)."""
+        return f"{self.namespace}af:auth.id:{key_id}"
+
+    def tenant_keys(self, tenant: str) -> str:
+        """Sorted set: the key ids of a tenant's API keys, by creation time (ms)."""
+        return f"{self.namespace}af:auth.tenant:{tenant}"
+
+    def key_tenants(self) -> str:
+        """Set: the tenants that have API keys."""
+        return f"{self.namespace}af:auth.tenants"

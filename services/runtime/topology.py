@@ -9,6 +9,8 @@ RabbitMQ, per task contract (names from its `(agentflux.v1.task)` option):
     <exchange>.retry  direct  --<queue>.retry.<N>ms--> <queue>.retry.<N>ms
                               (x-message-ttl N, dead-letters back to <exchange> / <queue>)
     <exchange>.dlx    direct  --<dead_letter_queue>--> <dead_letter_queue>
+    (default)                 --<queue>.approval-->  <queue>.approval
+                              (per-message expiration, dead-letters to <exchange> / <queue>)
 """
 
 from __future__ import annotations
@@ -88,11 +90,22 @@ class TaskTopology:
     retry_queues: dict[int, str]  # delay in ms -> queue
     dead_letter_exchange: str
     dead_letter_queue: str
+    approval_queue: str
 
     @property
     def routing_key(self) -> str:
         """Routing key of `queue` on `exchange`."""
         return self.queue
+
+    @property
+    def all_queues(self) -> list[str]:
+        """Every queue of the topology (to inspect or delete them all)."""
+        return [
+            self.queue,
+            *self.retry_queues.values(),
+            self.approval_queue,
+            self.dead_letter_queue,
+        ]
 
 
 def task_topology(settings: Settings, contract: TaskContract, prefix: str = "") -> TaskTopology:
@@ -107,6 +120,7 @@ def task_topology(settings: Settings, contract: TaskContract, prefix: str = "") 
         retry_queues={d: f"{queue}.retry.{d}ms" for d in settings.tool_task_retry_delays_ms},
         dead_letter_exchange=f"{exchange}.dlx",
         dead_letter_queue=prefix + contract.dead_letter_queue,
+        approval_queue=f"{queue}.approval",
     )
 
 
@@ -154,6 +168,18 @@ async def declare_task_topology(channel: AbstractChannel, topo: TaskTopology) ->
             },
         )
         await q.bind(retry, routing_key=name)
+
+    # Tasks waiting for a person's approval sit here until their own expiration (the
+    # approval timeout), then dead-letter onto the work queue: the timer needs no process.
+    await channel.declare_queue(
+        topo.approval_queue,
+        durable=True,
+        arguments={
+            "x-queue-type": "classic",
+            "x-dead-letter-exchange": topo.exchange,
+            "x-dead-letter-routing-key": topo.routing_key,
+        },
+    )
 
     dead = await channel.declare_queue(
         topo.dead_letter_queue, durable=True, arguments={"x-queue-type": "classic"}

@@ -24,7 +24,15 @@ from services.tools._registry import (
     ToolRegistry,
     UnknownToolError,
 )
-from services.tools._spec import JSON, Search, Tool, ToolContext, ToolError, ToolSpec
+from services.tools._spec import (
+    JSON,
+    Search,
+    Tool,
+    ToolContext,
+    ToolError,
+    ToolSpec,
+    needs_approval,
+)
 from services.tools._validation import FieldViolation, ToolArgumentsError
 
 __all__ = [
@@ -42,4 +50,5 @@ __all__ = [
     "ToolSpec",
     "UnknownToolError",
     "builtin_tools",
+    "needs_approval",
 ]

@@ -8,11 +8,14 @@ pass it on to whatever it changes (an HTTP `Idempotency-Key` header, a unique ke
 database) so that a crash between the effect and the worker's record of it is
 deduplicated downstream. A tool without side effects may be cached by its arguments
 (`cacheable`), and a tool marked `exclusive` runs under a lock with a fencing token
-(`ToolContext.fencing_token`), one call at a time across every worker.
+(`ToolContext.fencing_token`), one call at a time across every worker. A tool marked
+`needs_approval` (or named in `AGENTFLUX_APPROVAL_TOOLS`) runs only once a person
+approved the call. A cancelled run sets `ToolContext.cancelled` while its tools run.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,7 +24,7 @@ import redis.asyncio as aioredis
 
 from services.runtime.config import Settings
 
-__all__ = ["JSON", "Search", "Tool", "ToolContext", "ToolError", "ToolSpec"]
+__all__ = ["JSON", "Search", "Tool", "ToolContext", "ToolError", "ToolSpec", "needs_approval"]
 
 JSON = Any
 """A JSON value: None, bool, int, float, str, list or dict of JSON values."""
@@ -41,6 +44,7 @@ class ToolSpec:
     side_effects: bool = False  # receives the idempotency key; never cached
     exclusive: bool = False  # one call at a time, under a lock with a fencing token
     cacheable: bool = False  # output cached by the hash of name and canonical arguments
+    needs_approval: bool = False  # a person approves each call before it runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,9 @@ class ToolContext:
     namespace: str = ""
     fencing_token: int | None = None  # set for exclusive tools: pass it to the resource
     search: Search | None = None  # the response index (the retrieve tool)
+    # Set when the run is cancelled while the tool runs: a tool that takes long should
+    # check it and stop (raise ToolError); after the cancel deadline it is abandoned.
+    cancelled: asyncio.Event | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -79,3 +86,10 @@ class Tool(Protocol):
 
     async def __call__(self, args: Mapping[str, Any], ctx: ToolContext) -> JSON:
         """Runs one call; returns a JSON value or raises `ToolError`."""
+
+
+def needs_approval(settings: Settings, spec: ToolSpec | None, name: str) -> bool:
+    """Whether a call of tool `name` waits for a person: its spec says so, or the
+    deployment does (`AGENTFLUX_APPROVAL_TOOLS`). The planner holds such calls and the
+    worker refuses to run one that was not approved, so the two always agree."""
+    return (spec is not None and spec.needs_approval) or name in settings.approval_tools

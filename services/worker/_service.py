@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -37,7 +38,14 @@ from services.runtime.keys import Keys
 from services.runtime.locks import FencedLock, LockTimeout
 from services.runtime.mesh import Mesh, Service
 from services.runtime.topology import task_topology
-from services.tools import JSON, ToolContext, ToolError, ToolRegistry, ToolSpec
+from services.tools import (
+    JSON,
+    ToolContext,
+    ToolError,
+    ToolRegistry,
+    ToolSpec,
+    needs_approval,
+)
 
 __all__ = ["WorkerService"]
 
@@ -123,32 +131,83 @@ class WorkerService(Service):
         if recorded is not None:
             await self._emit(task, types_pb2.ToolResult.FromString(recorded))
             return recorded
-        reason = await self.store.cancel_reason(tenant, task.run_id)
-        if reason is not None:
-            cancelled = types_pb2.ToolResult(
-                tool_call_id=call.tool_call_id,
-                name=call.name,
-                status=types_pb2.TOOL_CALL_STATUS_CANCELLED,
-                error_message=f"not run: the run was cancelled ({reason})",
+        refused = await self._refusal(task, tenant)
+        if refused is not None:
+            return await self._settle(task, tenant, record, refused)
+        # The one check a cancel cannot slip past: the call begins only if its run is not
+        # cancelled, in the same atomic step that records it as begun.
+        if not await self.store.begin_call(tenant, task.run_id, call.tool_call_id):
+            return await self._settle(task, tenant, record, await self._cancelled(task, tenant))
+        try:
+            return await self._begun(task, tenant, record, incoming.attempt)
+        finally:
+            await asyncio.shield(self.store.end_call(tenant, task.run_id, call.tool_call_id))
+
+    async def _refusal(self, task: tasks_pb2.ToolTask, tenant: str) -> types_pb2.ToolResult | None:
+        """The result of a call that must not run (its run cancelled, or a call that
+        needs approval and has none), or None when it may run."""
+        call = task.call
+        if await self.store.cancel_reason(tenant, task.run_id) is not None:
+            return await self._cancelled(task, tenant)
+        spec = self.tools.get(call.name).spec if call.name in self.tools.names() else None
+        if not needs_approval(self.mesh.settings, spec, call.name):
+            return None
+        state = await self.store.approval_state(tenant, task.run_id, call.tool_call_id)
+        if state == "pending":  # the approval queue's timer fired before any decision
+            state = await self.store.expire_approval(tenant, task.run_id, call.tool_call_id)
+        if state == "approved":
+            return None
+        result = types_pb2.ToolResult(tool_call_id=call.tool_call_id, name=call.name)
+        if state.startswith("rejected:"):
+            result.status = types_pb2.TOOL_CALL_STATUS_REJECTED
+            result.error_message = f"rejected: {state.partition(':')[2] or 'no reason given'}"
+        elif state == "expired":
+            result.status = _FAILED
+            result.error_message = (
+                f"no approval within {self.mesh.settings.approval_timeout_s} s "
+                "(AGENTFLUX_APPROVAL_TIMEOUT_S)"
             )
-            return await self._settle(task, tenant, record, cancelled)
+        else:
+            result.status = _FAILED
+            result.error_message = "needs a person's approval, and none was asked for"
+        return result
+
+    async def _cancelled(self, task: tasks_pb2.ToolTask, tenant: str) -> types_pb2.ToolResult:
+        reason = await self.store.cancel_reason(tenant, task.run_id) or "the run ended"
+        return types_pb2.ToolResult(
+            tool_call_id=task.call.tool_call_id,
+            name=task.call.name,
+            status=types_pb2.TOOL_CALL_STATUS_CANCELLED,
+            error_message=f"not run: the run was cancelled ({reason})",
+        )
+
+    async def _begun(
+        self, task: tasks_pb2.ToolTask, tenant: str, record: str, attempt: int
+    ) -> bytes:
+        call = task.call
         await self.store.append_once(
             tenant,
             task.run_id,
-            f"started:{call.tool_call_id}:{incoming.attempt}",
+            f"started:{call.tool_call_id}:{attempt}",
             gateway_pb2.StreamRunResponse(
-                tool_started=gateway_pb2.ToolStarted(call=call, attempt=incoming.attempt)
+                tool_started=gateway_pb2.ToolStarted(call=call, attempt=attempt)
             ),
         )
         began = time.monotonic()
         result = types_pb2.ToolResult(
-            tool_call_id=call.tool_call_id, name=call.name, attempts=incoming.attempt
+            tool_call_id=call.tool_call_id, name=call.name, attempts=attempt
         )
         try:
-            output = _value(await self._run(task, tenant, incoming.attempt, result))
+            output = _value(await self._run(task, tenant, attempt, result))
         except Exception as exc:
             failed = _failure_of(exc)
-            last = incoming.attempt >= self.max_attempts
+            if failed.status == types_pb2.TOOL_CALL_STATUS_CANCELLED:
+                # Stopped for a cancelled run: its result acknowledges the cancel.
+                result.status = types_pb2.TOOL_CALL_STATUS_CANCELLED
+                result.error_message = str(failed)
+                result.duration.CopyFrom(_duration(time.monotonic() - began))
+                return await self._settle(task, tenant, record, result)
+            last = attempt >= self.max_attempts
             if failed.retryable and not last:
                 raise Unavailable(f"{call.name}: {failed}") from failed  # the next tier
             result.status = failed.status  # type: ignore[assignment]
@@ -221,16 +280,55 @@ class WorkerService(Service):
             await self.mesh.redis.set(artifact, json.dumps(output), ex=ttl)
         return output
 
-    @staticmethod
-    async def _call(tool: Any, args: dict[str, Any], ctx: ToolContext, timeout: float) -> JSON:
+    async def _call(
+        self, tool: Any, args: dict[str, Any], ctx: ToolContext, timeout: float
+    ) -> JSON:
+        """Runs the tool under its timeout while watching its run: a cancel sets
+        `ctx.cancelled`, and a tool still running `cancel_deadline_s` later is abandoned."""
+        cancelled = asyncio.Event()
+        ctx = replace(ctx, cancelled=cancelled)
+        running = asyncio.ensure_future(tool(args, ctx))
+        done_watching = asyncio.Event()
+        watch = asyncio.create_task(self._until_cancelled(ctx.tenant_id, ctx.run_id, done_watching))
         try:
-            return await asyncio.wait_for(tool(args, ctx), timeout)
-        except TimeoutError as late:
-            raise _Failed(
-                _TIMED_OUT, f"did not finish within {timeout:g} s", retryable=True
-            ) from late
+            done, _ = await asyncio.wait(
+                {running, watch}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if running in done:
+                return running.result()
+            if watch in done and watch.result():
+                cancelled.set()
+                deadline = self.mesh.settings.cancel_deadline_s
+                stopped, _ = await asyncio.wait({running}, timeout=deadline)
+                how = "stopped" if stopped else f"abandoned after {deadline:g} s"
+                raise _Failed(
+                    types_pb2.TOOL_CALL_STATUS_CANCELLED,
+                    f"the run was cancelled while the tool ran ({how})",
+                    retryable=False,
+                )
+            raise _Failed(_TIMED_OUT, f"did not finish within {timeout:g} s", retryable=True)
         except ToolError as failed:
             raise _Failed(_FAILED, str(failed), retryable=failed.retryable) from failed
+        finally:
+            # The watcher is told to stop, not only cancelled: a cancel that lands inside
+            # a Redis command can be absorbed by the client's retry, and its loop would
+            # poll on forever and hold this call open.
+            done_watching.set()
+            for task in (running, watch):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            await asyncio.wait({watch})
+
+    async def _until_cancelled(self, tenant: str, run_id: str, done: asyncio.Event) -> bool:
+        """True once the run's cancellation is requested (polled: a few small reads a
+        second per running tool), False once `done` is set."""
+        while not done.is_set():
+            if await self.store.cancel_reason(tenant, run_id) is not None:
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 0.2)
+        return False
 
     async def _metadata(self, spec: ToolSpec) -> dict[str, Any]:
         """A tool's metadata, read through Memcached (the registry is the source)."""

@@ -30,12 +30,15 @@ from confluent_kafka.admin import AdminClient
 
 from services.runtime.adapters.rabbitmq import RabbitConnection
 from services.runtime.adapters.redis import connect_redis
+from services.runtime.apikeys import ApiKeyStore
+from services.runtime.bearer import api_key_interceptors
 from services.runtime.config import Settings
 from services.runtime.topology import kafka_topics, task_topologies
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENTFLUX = str(Path(sys.executable).with_name("agentflux"))
 ALL = ("gateway", "planner", "worker", "composer", "indexer")
+TENANT = "acme"
 
 
 def free_port() -> int:
@@ -106,7 +109,9 @@ class Mesh:
     redis: aioredis.Redis
     channel: grpc.aio.Channel
     tmp: Path
+    key: str = ""
     procs: list[Proc] = field(default_factory=list)
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     @property
     def gateway(self) -> gateway_pb2_grpc.AgentGatewayStub:
@@ -115,6 +120,18 @@ class Mesh:
     @property
     def ns(self) -> str:
         return self.settings.namespace
+
+    async def new_key(self, tenant: str) -> str:
+        """A fresh API key of `tenant`, made as `agentflux tenants add` makes one."""
+        return (await ApiKeyStore(self.redis, namespace=self.ns).add(tenant, "e2e")).key
+
+    def client(self, key: str) -> gateway_pb2_grpc.AgentGatewayStub:
+        """A gateway client presenting `key` (closed with the mesh)."""
+        channel = grpc.aio.insecure_channel(
+            self.settings.gateway_target, interceptors=api_key_interceptors(key)
+        )
+        self.channels.append(channel)
+        return gateway_pb2_grpc.AgentGatewayStub(channel)
 
     async def start(self, *services: str, wait: bool = True, **env: str) -> Proc:
         """Starts `agentflux serve SERVICES` (all five when none) and waits until ready."""
@@ -208,8 +225,14 @@ async def mesh(
             monkeypatch.setenv(key, value)
     local = Settings()
     redis = connect_redis(local)
-    channel = grpc.aio.insecure_channel(local.gateway_target)
-    mesh = Mesh(local, mesh_env, redis, channel, tmp_path)
+    # The mesh's own client is tenant TENANT's, with a key made the way operators make
+    # one; `agentflux ask` in the tests presents the same key (AGENTFLUX_API_KEY).
+    issued = await ApiKeyStore(redis, namespace=local.namespace).add(TENANT, "e2e")
+    mesh_env["AGENTFLUX_API_KEY"] = issued.key
+    channel = grpc.aio.insecure_channel(
+        local.gateway_target, interceptors=api_key_interceptors(issued.key)
+    )
+    mesh = Mesh(local, mesh_env, redis, channel, tmp_path, key=issued.key)
     try:
         yield mesh
     finally:
@@ -225,7 +248,11 @@ async def mesh(
                 await asyncio.to_thread(proc.reader.join, 10)
             if proc.popen.stdout is not None:
                 proc.popen.stdout.close()
+        # pytest shows it only for a failed test: what the services said.
+        print(mesh.output())
         await channel.close()
+        for other in mesh.channels:
+            await other.close()
         await _wipe(local, redis)
         await redis.aclose()
 
@@ -249,7 +276,7 @@ async def _wipe(settings: Settings, redis: aioredis.Redis) -> None:
             await asyncio.wrap_future(fut)
     async with await RabbitConnection.connect(settings) as rabbit:
         for topo in task_topologies(settings, prefix=ns):
-            for queue in (topo.queue, topo.dead_letter_queue, *topo.retry_queues.values()):
+            for queue in topo.all_queues:
                 with contextlib.suppress(Exception):
                     await rabbit.channel.queue_delete(queue)
             for exchange in (topo.exchange, topo.retry_exchange, topo.dead_letter_exchange):

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 GRPCURL = ROOT / ".tools" / "bin" / "grpcurl"
 
 
-async def grpcurl(*args: str) -> str:
+async def grpcurl(*args: str, ok: bool = True) -> str:
     if not GRPCURL.is_file():
         pytest.fail(f"{GRPCURL} is missing: `make tools` installs it (make test does)")
     done = await asyncio.to_thread(
@@ -27,8 +27,11 @@ async def grpcurl(*args: str) -> str:
         timeout=60,
         check=False,
     )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    if ok:
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+    assert done.returncode != 0, done.stdout
+    return done.stderr
 
 
 async def test_grpcurl_lists_describes_and_calls_the_gateway(mesh: Mesh) -> None:
@@ -42,16 +45,25 @@ async def test_grpcurl_lists_describes_and_calls_the_gateway(mesh: Mesh) -> None
         assert f"rpc {rpc}" in described
     health = json.loads(await grpcurl(target, "grpc.health.v1.Health/Check"))
     assert health["status"] == "SERVING"
-    submitted = json.loads(
-        await grpcurl("-d", '{"prompt": "what is 2+3"}', target, "agentflux.v1.AgentGateway/Submit")
-    )
+    submit = ("-d", '{"prompt": "what is 2+3"}', target, "agentflux.v1.AgentGateway/Submit")
+    # Without a key the gateway refuses, and says how to get one.
+    refused = await grpcurl(*submit, ok=False)
+    assert "Unauthenticated" in refused
+    assert "agentflux tenants add" in refused
+    key = ("-H", f"authorization: Bearer {mesh.key}")
+    submitted = json.loads(await grpcurl(*key, *submit))
     run_id = submitted["run"]["runId"]
     assert submitted["run"]["status"] == "RUN_STATUS_PENDING"
     done = await mesh.finished(run_id)
     assert "5" in done.answer.text
     fetched = json.loads(
         await grpcurl(
-            "-d", json.dumps({"runId": run_id}), target, "agentflux.v1.AgentGateway/GetRun"
+            "-H",
+            f"x-api-key: {mesh.key}",
+            "-d",
+            json.dumps({"runId": run_id}),
+            target,
+            "agentflux.v1.AgentGateway/GetRun",
         )
     )
     assert fetched["run"]["status"] == "RUN_STATUS_COMPLETED"

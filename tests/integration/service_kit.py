@@ -447,7 +447,7 @@ async def _wipe(settings: Settings, cached: set[str]) -> None:
             await asyncio.wrap_future(fut)
     async with await RabbitConnection.connect(settings) as rabbit:
         for topo in task_topologies(settings, prefix=ns):
-            for queue in (topo.queue, topo.dead_letter_queue, *topo.retry_queues.values()):
+            for queue in topo.all_queues:
                 with contextlib.suppress(Exception):
                     await rabbit.channel.queue_delete(queue)
             for exchange in (topo.exchange, topo.retry_exchange, topo.dead_letter_exchange):

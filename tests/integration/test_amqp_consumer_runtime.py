@@ -82,7 +82,7 @@ class Kit:
     @property
     def queues(self) -> list[str]:
         topo = self.topo
-        return [topo.queue, *topo.retry_queues.values(), topo.dead_letter_queue]
+        return topo.all_queues
 
     def guard(self, **kw: Any) -> IdempotencyGuard:
         return IdempotencyGuard(self.redis, namespace=f"{self.prefix}guard", **kw)

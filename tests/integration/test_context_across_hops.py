@@ -113,7 +113,7 @@ async def topology(settings: Settings, prefix: str) -> AsyncIterator[None]:
         await declare_task_topology(rabbit.channel, topo)
     yield
     async with await RabbitConnection.connect(settings) as rabbit:
-        for queue in (topo.queue, topo.dead_letter_queue, *topo.retry_queues.values()):
+        for queue in topo.all_queues:
             await rabbit.channel.queue_delete(queue)
         for exchange in (topo.exchange, topo.retry_exchange, topo.dead_letter_exchange):
             await rabbit.channel.exchange_delete(exchange)

@@ -71,7 +71,12 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    stack_dir: Path, *, topics: bool = True, producer: dict[str, Any] | None = None
+    stack_dir: Path,
+    *,
+    topics: bool = True,
+    producer: dict[str, Any] | None = None,
+    channel_to: Callable[[int], grpc.aio.Channel] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Rig]:
     """A started GatewayService on a fresh namespace and port; its topics (unless
     `topics` is False) and Redis keys are removed afterwards, also on failure."""
@@ -82,6 +87,9 @@ async def running_gateway(
         indexer_port=free_port(),  # nothing listens there
         stack_dir=stack_dir,
         grace_s=1.0,
+        # x-tenant-id names the tenant: these tests act as many tenants without keys.
+        # API keys have their own tests (test_gateway_edge.py).
+        **{"auth": "off", **overrides},
     )
     specs = kafka_topics(settings, prefix=namespace) if topics else []
     mesh = Mesh(
@@ -98,7 +106,11 @@ async def running_gateway(
             await ensure_kafka_topics(settings, specs)
         await gateway.start()
         serving = asyncio.create_task(gateway.run(stop))
-        async with grpc.aio.insecure_channel(settings.gateway_target) as channel:
+        if channel_to is None:
+            channel = grpc.aio.insecure_channel(settings.gateway_target)
+        else:  # the rig's client as the test builds it (TLS), given the gateway's port
+            channel = channel_to(gateway.port)
+        async with channel:
             stub = gateway_pb2_grpc.AgentGatewayStub(channel)
             yield Rig(settings, gateway, gateway.store, channel, stub)
     finally:
@@ -442,7 +454,8 @@ async def test_bad_resume_points_are_refused(rig: Rig) -> None:
     run = await submit(rig)
     for after, code in [
         ("yesterday", grpc.StatusCode.INVALID_ARGUMENT),
-        ("1-0", grpc.StatusCode.OUT_OF_RANGE),
+        ("1-1", grpc.StatusCode.OUT_OF_RANGE),
+        ("99-0", grpc.StatusCode.OUT_OF_RANGE),
     ]:
         request = gateway_pb2.StreamRunRequest(run_id=run.run_id, after_event_id=after)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -452,16 +465,33 @@ async def test_bad_resume_points_are_refused(rig: Rig) -> None:
             assert violations(caught.value) == ["after_event_id"]
 
 
-async def test_a_run_whose_events_expired_is_not_found_by_the_stream_but_by_get(
+async def test_a_run_whose_events_expired_says_what_is_lost_and_how_it_ended(
     rig: Rig,
 ) -> None:
     run = await submit(rig)
     await rig.store.finish(run.tenant_id, run.run_id, types_pb2.RUN_STATUS_FAILED, error="boom")
     await rig.store.redis.delete(rig.store.keys.events(run.tenant_id, run.run_id))  # expiry
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await collect(rig.stub.StreamRun(gateway_pb2.StreamRunRequest(run_id=run.run_id)))
-    assert caught.value.code() is grpc.StatusCode.NOT_FOUND
-    assert "expired" in (caught.value.details() or "")
+    # accepted (1) and finished (2) were written; 1 is gone, 2 is rebuilt from the run.
+    events = await collect(rig.stub.StreamRun(gateway_pb2.StreamRunRequest(run_id=run.run_id)))
+    assert kinds(events) == ["events_lost", "finished"]
+    lost = events[0].events_lost
+    assert (lost.from_sequence, lost.to_sequence) == (1, 1)
+    assert "kept" in lost.reason
+    assert events[1].sequence == 2
+    assert events[1].finished.status == types_pb2.COMPLETION_STATUS_FAILED
+    assert events[1].finished.error_message == "boom"
+    # A client that had seen everything but `finished` hears of no gap.
+    resumed = await collect(
+        rig.stub.StreamRun(gateway_pb2.StreamRunRequest(run_id=run.run_id, after_sequence=1))
+    )
+    assert kinds(resumed) == ["finished"]
+    # and one that had seen `finished` gets nothing more.
+    assert (
+        await collect(
+            rig.stub.StreamRun(gateway_pb2.StreamRunRequest(run_id=run.run_id, after_sequence=2))
+        )
+        == []
+    )
     got = await rig.stub.GetRun(gateway_pb2.GetRunRequest(run_id=run.run_id))
     assert got.run.status == types_pb2.RUN_STATUS_FAILED
     assert got.run.error_message == "boom"
@@ -543,12 +573,13 @@ async def test_list_runs_pages_newest_first_with_a_status_filter(rig: Rig) -> No
 # --- CancelRun -----------------------------------------------------------------------------
 
 
-async def test_cancel_returns_the_run_as_it_is_and_records_the_cancellation(rig: Rig) -> None:
+async def test_cancel_returns_the_run_cancelling_and_records_the_cancellation(rig: Rig) -> None:
     run = await submit(rig)
     tenant, run_id = run.tenant_id, run.run_id
     assert await rig.store.set_running(tenant, run_id, 0)
     got = await rig.stub.CancelRun(gateway_pb2.CancelRunRequest(run_id=run_id, reason="changed"))
-    assert got.run.status == types_pb2.RUN_STATUS_RUNNING
+    # Not CANCELLED yet: no hop has acknowledged (the composer ends it below).
+    assert got.run.status == types_pb2.RUN_STATUS_CANCELLING
     assert "changed" in got.run.error_message
     assert await rig.store.cancel_reason(tenant, run_id) == "changed"
     # The composer ends it as it would; the requested cancellation wins.

@@ -530,7 +530,7 @@ async def test_requeued_amqp_message_is_handled_once(
         assert (guard.stats.new, guard.stats.duplicates) == (1, 1)
     finally:
         telemetry.shutdown()
-        for name in (topo.queue, topo.dead_letter_queue, *topo.retry_queues.values()):
+        for name in topo.all_queues:
             await conn.channel.queue_delete(name)
         for exchange in (topo.exchange, topo.retry_exchange, topo.dead_letter_exchange):
             await conn.channel.exchange_delete(exchange)

@@ -124,7 +124,7 @@ async def kit(settings: Settings, prefix: str) -> AsyncIterator[Kit]:
         await rabbit.close()
         telemetry.shutdown()
         async with await RabbitConnection.connect(settings) as admin:
-            for queue in (topo.queue, topo.dead_letter_queue, *topo.retry_queues.values()):
+            for queue in topo.all_queues:
                 await admin.channel.queue_delete(queue)
             for exchange in (topo.exchange, topo.retry_exchange, topo.dead_letter_exchange):
                 await admin.channel.exchange_delete(exchange)

@@ -37,7 +37,7 @@ async def topo(settings: Settings, prefix: str) -> AsyncIterator[TaskTopology]:
         await declare_task_topology(channel, topo)
         yield topo
         channel = await admin.channel()  # a failed passive declare may have closed it
-        for queue in [topo.queue, topo.dead_letter_queue, *topo.retry_queues.values()]:
+        for queue in topo.all_queues:
             await channel.queue_delete(queue)
         for exchange in [topo.exchange, topo.retry_exchange, topo.dead_letter_exchange]:
             await channel.exchange_delete(exchange)

@@ -69,7 +69,7 @@ async def test_declare_task_topology_is_idempotent(settings: Settings, prefix: s
         d: f"{prefix}{contract.queue}.retry.{d}ms" for d in settings.tool_task_retry_delays_ms
     }
 
-    queues = [topo.queue, topo.dead_letter_queue, *topo.retry_queues.values()]
+    queues = topo.all_queues
     exchanges = [topo.exchange, topo.retry_exchange, topo.dead_letter_exchange]
     rabbit = await RabbitConnection.connect(settings)
     try:

@@ -143,9 +143,11 @@ class RabbitConnection:
         message_id: str | None = None,
         message_type: str | None = None,
         content_type: str | None = PROTOBUF,
+        expiration_s: float | None = None,
         timeout: float = 10.0,
     ) -> None:
-        """Publishes a persistent message and waits for the broker's confirm.
+        """Publishes a persistent message and waits for the broker's confirm;
+        `expiration_s` is the message's TTL (it then dead-letters as its queue says).
 
         Raises `aio_pika.exceptions.DeliveryError` when the broker nacks it or no queue
         is bound for `routing_key` (the message is returned, not dropped)."""
@@ -157,6 +159,7 @@ class RabbitConnection:
             priority=priority,
             message_id=message_id,
             type=message_type,
+            expiration=expiration_s,
         )
         target = await self._exchange(exchange)
         await target.publish(message, routing_key, mandatory=True, timeout=timeout)

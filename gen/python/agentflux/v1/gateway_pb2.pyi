@@ -597,8 +597,8 @@ class CancelRunResponse(_message.Message):
     RUN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def run(self) -> _types_pb2.Run:
-        """The run at the time of the call; it ends `RUN_STATUS_CANCELLED` once every
-        service has stopped its work.
+        """The run once its tools stopped: `RUN_STATUS_CANCELLING` (or already
+        `RUN_STATUS_CANCELLED`); it ends CANCELLED once every hop has acknowledged.
         """
 
     def __init__(

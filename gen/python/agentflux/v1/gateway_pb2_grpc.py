@@ -202,11 +202,14 @@ class AgentGatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelRun(self, request, context):
-        """Asks for a run to be cancelled and returns the run as it is at the time of the
-        call: still `RUN_STATUS_RUNNING` while the cancellation spreads. Tool calls not
-        yet started are skipped, and the run ends with `RUN_STATUS_CANCELLED` (its stream
-        ends with `finished` of status CANCELLED). Cancelling a finished run returns it
-        unchanged.
+        """Cancels a run. From the moment the call is taken no tool call of the run can
+        begin; tools already running are told to stop (and abandoned by their worker after
+        `AGENTFLUX_CANCEL_DEADLINE_S`), and the call returns once none runs any more: after
+        it returns, no tool side effect of the run starts. Calls waiting for approval are
+        rejected, queued ones are skipped, and the planner and composer start nothing new.
+        The run reads `RUN_STATUS_CANCELLING` until every hop has acknowledged, then
+        `RUN_STATUS_CANCELLED` (its stream ends with `finished` of status CANCELLED).
+        Cancelling a finished run returns it unchanged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

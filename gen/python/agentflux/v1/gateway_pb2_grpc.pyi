@@ -96,11 +96,14 @@ class AgentGatewayStub:
     ListRuns: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListRunsRequest, _gateway_pb2.ListRunsResponse]
     """Lists the caller's runs, newest first, a page at a time."""
     CancelRun: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CancelRunRequest, _gateway_pb2.CancelRunResponse]
-    """Asks for a run to be cancelled and returns the run as it is at the time of the
-    call: still `RUN_STATUS_RUNNING` while the cancellation spreads. Tool calls not
-    yet started are skipped, and the run ends with `RUN_STATUS_CANCELLED` (its stream
-    ends with `finished` of status CANCELLED). Cancelling a finished run returns it
-    unchanged.
+    """Cancels a run. From the moment the call is taken no tool call of the run can
+    begin; tools already running are told to stop (and abandoned by their worker after
+    `AGENTFLUX_CANCEL_DEADLINE_S`), and the call returns once none runs any more: after
+    it returns, no tool side effect of the run starts. Calls waiting for approval are
+    rejected, queued ones are skipped, and the planner and composer start nothing new.
+    The run reads `RUN_STATUS_CANCELLING` until every hop has acknowledged, then
+    `RUN_STATUS_CANCELLED` (its stream ends with `finished` of status CANCELLED).
+    Cancelling a finished run returns it unchanged.
     """
     SearchResponses: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SearchResponsesRequest, _gateway_pb2.SearchResponsesResponse]
     """Searches the caller's finished answers."""
@@ -181,11 +184,14 @@ class AgentGatewayAsyncStub(AgentGatewayStub):
     ListRuns: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListRunsRequest, _gateway_pb2.ListRunsResponse]  # type: ignore[assignment]
     """Lists the caller's runs, newest first, a page at a time."""
     CancelRun: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CancelRunRequest, _gateway_pb2.CancelRunResponse]  # type: ignore[assignment]
-    """Asks for a run to be cancelled and returns the run as it is at the time of the
-    call: still `RUN_STATUS_RUNNING` while the cancellation spreads. Tool calls not
-    yet started are skipped, and the run ends with `RUN_STATUS_CANCELLED` (its stream
-    ends with `finished` of status CANCELLED). Cancelling a finished run returns it
-    unchanged.
+    """Cancels a run. From the moment the call is taken no tool call of the run can
+    begin; tools already running are told to stop (and abandoned by their worker after
+    `AGENTFLUX_CANCEL_DEADLINE_S`), and the call returns once none runs any more: after
+    it returns, no tool side effect of the run starts. Calls waiting for approval are
+    rejected, queued ones are skipped, and the planner and composer start nothing new.
+    The run reads `RUN_STATUS_CANCELLING` until every hop has acknowledged, then
+    `RUN_STATUS_CANCELLED` (its stream ends with `finished` of status CANCELLED).
+    Cancelling a finished run returns it unchanged.
     """
     SearchResponses: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SearchResponsesRequest, _gateway_pb2.SearchResponsesResponse]  # type: ignore[assignment]
     """Searches the caller's finished answers."""
@@ -293,11 +299,14 @@ class AgentGatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.CancelRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.CancelRunResponse, _abc.Awaitable[_gateway_pb2.CancelRunResponse]]:
-        """Asks for a run to be cancelled and returns the run as it is at the time of the
-        call: still `RUN_STATUS_RUNNING` while the cancellation spreads. Tool calls not
-        yet started are skipped, and the run ends with `RUN_STATUS_CANCELLED` (its stream
-        ends with `finished` of status CANCELLED). Cancelling a finished run returns it
-        unchanged.
+        """Cancels a run. From the moment the call is taken no tool call of the run can
+        begin; tools already running are told to stop (and abandoned by their worker after
+        `AGENTFLUX_CANCEL_DEADLINE_S`), and the call returns once none runs any more: after
+        it returns, no tool side effect of the run starts. Calls waiting for approval are
+        rejected, queued ones are skipped, and the planner and composer start nothing new.
+        The run reads `RUN_STATUS_CANCELLING` until every hop has acknowledged, then
+        `RUN_STATUS_CANCELLED` (its stream ends with `finished` of status CANCELLED).
+        Cancelling a finished run returns it unchanged.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,176 @@
+"""Who is calling: the tenant of every gateway call, from its API key.
+
+With `auth = "required"` (the default) a call presents a key as `authorization: Bearer
+<key>` or `x-api-key: <key>`; the key's record names the tenant. A missing, unknown or
+revoked key is UNAUTHENTICATED with one message for all three, so a caller learns nothing
+about which keys exist (the log says which, naming a key by its public id only, never the
+key). Each call reads the key's record (one Redis round trip, no cache), so a revoked key
+fails on its next call. The key alone names the tenant: an `x-tenant-id` header naming
+another tenant is ignored (and logged), so a key can never reach another tenant's runs,
+and no answer differs by whether that tenant exists.
+
+With `auth = "off"` no key is read: the tenant is `x-tenant-id`, else the `tenant`
+setting, and the gateway says once, at start, that calls are not authenticated.
+
+Either way the tenant is bound into the call's `FluxContext` before the handler runs:
+the servicer reads it there, and every event, log line and span of the call carries it.
+Health checking and reflection never need a key (load balancers and grpcurl `list`)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import redis.asyncio as aioredis
+import redis.exceptions
+from opentelemetry import trace
+
+from interceptors import FluxContext, Unauthenticated, Unavailable, bind, current
+from services.runtime.apikeys import ApiKeyStore
+from services.runtime.config import Settings
+
+__all__ = ["EXEMPT", "AuthInterceptor", "Authenticator", "auth_interceptor", "presented_key"]
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
+
+EXEMPT = ("/grpc.health.v1.", "/grpc.reflection.")
+NEED_KEY = (
+    "a valid API key is required: send `authorization: Bearer <key>` or `x-api-key: <key>` "
+    "(an operator makes one with `agentflux tenants add TENANT`)"
+)
+_FACTORIES: dict[str, Callable[..., Any]] = {
+    "unary_unary": grpc.unary_unary_rpc_method_handler,
+    "unary_stream": grpc.unary_stream_rpc_method_handler,
+    "stream_unary": grpc.stream_unary_rpc_method_handler,
+    "stream_stream": grpc.stream_stream_rpc_method_handler,
+}
+
+
+def presented_key(metadata: Iterable[tuple[str, Any]]) -> str:
+    """The API key a call presents, or UNAUTHENTICATED (no key, a scheme other than
+    Bearer, or two different keys)."""
+    keys: set[str] = set()
+    for name, value in metadata:
+        if name not in ("authorization", "x-api-key") or not isinstance(value, str):
+            continue
+        if name == "authorization":
+            scheme, _, value = value.strip().partition(" ")
+            if scheme.lower() != "bearer":
+                raise Unauthenticated(NEED_KEY)
+        keys.add(value.strip())
+    if len(keys) > 1:
+        raise Unauthenticated("two different API keys presented; send one")
+    if not keys or not next(iter(keys)):
+        raise Unauthenticated(NEED_KEY)
+    return keys.pop()
+
+
+class Authenticator:
+    """Resolves the tenant of a call (see the module doc)."""
+
+    def __init__(self, settings: Settings, store: ApiKeyStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.required = settings.auth == "required"
+        if not self.required:
+            log.warning(
+                "AGENTFLUX_AUTH=off: gateway calls are not authenticated; any caller acts as "
+                "the tenant it names in x-tenant-id (else %r). Use it on a trusted machine only.",
+                settings.tenant,
+            )
+
+    async def context(self, metadata: Iterable[tuple[str, Any]], ctx: FluxContext) -> FluxContext:
+        """`ctx` with the caller's tenant, or UNAUTHENTICATED / PERMISSION_DENIED."""
+        if not self.required:
+            return ctx.with_(tenant_id=ctx.tenant_id or self.settings.tenant)
+        try:
+            key = presented_key(metadata)
+        except Unauthenticated:
+            log.info("refused a call: no API key")
+            raise
+        try:
+            record = await self.store.lookup(key)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise Unavailable("the key store (Redis) is unreachable", retry_after=1.0) from exc
+        if record is None:
+            log.info("refused a call: unknown API key")
+            raise Unauthenticated(NEED_KEY)
+        if record.revoked:
+            log.warning("refused a call: API key %s of %s is revoked", record.key_id, record.tenant)
+            raise Unauthenticated(NEED_KEY)
+        if ctx.tenant_id and ctx.tenant_id != record.tenant:
+            log.warning(
+                "API key %s of %s sent x-tenant-id of another tenant; acting as %s",
+                record.key_id or "(from settings)",
+                record.tenant,
+                record.tenant,
+            )
+        span = trace.get_current_span()
+        span.set_attribute("agentflux.tenant_id", record.tenant)
+        span.set_attribute("agentflux.api_key.id", record.key_id or "settings")
+        return ctx.with_(tenant_id=record.tenant)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Binds each call's tenant (see the module doc). Goes after the context
+    interceptor in the server's list: it runs inside the context that one binds, and
+    its errors become statuses there."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self.authenticator = authenticator
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(details)
+        method: str = details.method
+        if handler is None or method.startswith(EXEMPT):
+            return handler
+        for kind, factory in _FACTORIES.items():
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                new: Handler = factory(
+                    self._wrap(behavior, streaming=handler.response_streaming),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+                return new
+        return handler
+
+    async def _context(self, context: Any) -> FluxContext:
+        metadata = tuple(context.invocation_metadata() or ())
+        return await self.authenticator.context(metadata, current() or FluxContext.new())
+
+    def _wrap(self, behavior: Any, *, streaming: bool) -> Any:
+        if streaming:
+
+            async def stream(request: Any, context: Any) -> Any:
+                with bind(await self._context(context)):
+                    result = behavior(request, context)
+                    if inspect.isasyncgen(result):
+                        async for response in result:
+                            yield response
+                    else:  # a coroutine that writes with context.write()
+                        await result
+
+            return stream
+
+        async def unary(request: Any, context: Any) -> Any:
+            with bind(await self._context(context)):
+                return await behavior(request, context)
+
+        return unary
+
+
+def auth_interceptor(settings: Settings, redis: aioredis.Redis) -> AuthInterceptor:
+    """The interceptor of a gateway with these settings, reading keys from `redis`
+    (ValueError when the `api_keys` setting is malformed)."""
+    return AuthInterceptor(Authenticator(settings, ApiKeyStore.for_settings(redis, settings)))

@@ -1,0 +1,281 @@
+"""The gateway's edge as callers meet it: API keys and tenants, from the side of a
+careless client and of one trying another tenant's ids, and the `agentflux tenants`
+commands an operator uses.
+
+The gateway runs in-process on the real stack with `auth = "required"` (the default);
+clients are real grpc.aio channels presenting keys as any gRPC client would."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from agentflux.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.runtime.apikeys import ApiKeyStore, digest_of
+from services.runtime.bearer import api_key_interceptors
+from services.runtime.config import Settings
+from tests.integration.test_gateway import Rig, collect, running_gateway
+
+pytestmark = pytest.mark.integration
+
+AGENTFLUX = str(Path(sys.executable).with_name("agentflux"))
+SETTINGS_KEY = "afk_from-the-settings-" + uuid.uuid4().hex
+
+
+@pytest_asyncio.fixture(scope="module")
+async def rig(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
+    async with running_gateway(
+        tmp_path_factory.mktemp("stack"),
+        auth="required",
+        api_keys=[f"ops:{digest_of(SETTINGS_KEY)}"],
+    ) as got:
+        yield got
+
+
+def keys(rig: Rig) -> ApiKeyStore:
+    return ApiKeyStore(rig.store.redis, namespace=rig.settings.namespace)
+
+
+async def new_key(rig: Rig, tenant: str = "") -> tuple[str, str]:
+    """(tenant, key) of a fresh key of a fresh tenant (or of `tenant`)."""
+    tenant = tenant or f"tenant-{uuid.uuid4().hex[:8]}"
+    return tenant, (await keys(rig).add(tenant, "test")).key
+
+
+def as_key(rig: Rig, key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+async def refused(call: Any) -> grpc.aio.AioRpcError:
+    """The error a call (unary, or a stream read to its end) ends with."""
+    try:
+        got = await collect(call) if hasattr(call, "__aiter__") else await call
+    except grpc.aio.AioRpcError as error:
+        return error
+    raise AssertionError(f"served: {got}")
+
+
+# --- credentials -------------------------------------------------------------------------
+
+
+async def test_no_key_a_wrong_key_or_a_wrong_scheme_is_unauthenticated(rig: Rig) -> None:
+    _, key = await new_key(rig)
+    request = gateway_pb2.SubmitRequest(prompt="hello")
+    for metadata in [
+        (),
+        (("authorization", "Bearer afk_" + "x" * 43),),
+        (("x-api-key", key + "x"),),
+        (("authorization", f"Basic {key}"),),
+        (("authorization", "Bearer "),),
+        (("authorization", f"Bearer {key}"), ("x-api-key", key[:-1] + "A")),  # two keys
+        (("x-tenant-id", "acme"),),  # naming a tenant is no credential
+    ]:
+        error = await refused(rig.stub.Submit(request, metadata=metadata))
+        assert error.code() is grpc.StatusCode.UNAUTHENTICATED, metadata
+        assert key not in (error.details() or "")
+    error = await refused(rig.stub.Submit(request))
+    assert "agentflux tenants add" in (error.details() or "")
+    # Every rpc is guarded, the stream too.
+    error = await refused(rig.stub.StreamRun(gateway_pb2.StreamRunRequest(run_id=uuid.uuid4().hex)))
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_key_names_its_tenant_either_way_it_is_sent(rig: Rig) -> None:
+    tenant, key = await new_key(rig)
+    for metadata in [(("authorization", f"Bearer {key}"),), (("x-api-key", key),)]:
+        run = (await rig.stub.Submit(gateway_pb2.SubmitRequest(prompt="hi"), metadata=metadata)).run
+        assert run.tenant_id == tenant
+    # A client that presents it on every call (as `agentflux ask` does).
+    async with grpc.aio.insecure_channel(
+        rig.settings.gateway_target, interceptors=api_key_interceptors(key)
+    ) as channel:
+        stub = gateway_pb2_grpc.AgentGatewayStub(channel)
+        got = await stub.GetRun(gateway_pb2.GetRunRequest(run_id=run.run_id))
+        assert got.run.run_id == run.run_id
+
+
+async def test_a_key_from_the_settings_is_honoured(rig: Rig) -> None:
+    run = (
+        await rig.stub.Submit(
+            gateway_pb2.SubmitRequest(prompt="hi"), metadata=as_key(rig, SETTINGS_KEY)
+        )
+    ).run
+    assert run.tenant_id == "ops"
+
+
+async def test_a_revoked_key_stops_working_at_once(rig: Rig) -> None:
+    tenant, key = await new_key(rig)
+    _, kept = await new_key(rig, tenant)
+    run = (
+        await rig.stub.Submit(gateway_pb2.SubmitRequest(prompt="hi"), metadata=as_key(rig, key))
+    ).run
+    record = await keys(rig).lookup(key)
+    assert record is not None
+    await keys(rig).revoke(record.key_id)
+    error = await refused(
+        rig.stub.GetRun(gateway_pb2.GetRunRequest(run_id=run.run_id), metadata=as_key(rig, key))
+    )
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    # The tenant's other key still works, and still sees the run.
+    got = await rig.stub.GetRun(
+        gateway_pb2.GetRunRequest(run_id=run.run_id), metadata=as_key(rig, kept)
+    )
+    assert got.run.run_id == run.run_id
+
+
+async def test_health_and_reflection_need_no_key(rig: Rig) -> None:
+    health = health_pb2_grpc.HealthStub(rig.channel)
+    got = await health.Check(health_pb2.HealthCheckRequest())
+    assert got.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_keys_are_stored_hashed_and_never_logged(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    _, key = await new_key(rig)
+    await rig.stub.Submit(gateway_pb2.SubmitRequest(prompt="hi"), metadata=as_key(rig, key))
+    await refused(
+        rig.stub.Submit(
+            gateway_pb2.SubmitRequest(prompt="hi"), metadata=(("x-api-key", key + "0"),)
+        )
+    )
+    redis = rig.store.redis
+    ns = rig.settings.namespace
+    for name in [k async for k in redis.scan_iter(f"{ns}*", count=1000)]:
+        assert key.encode() not in name
+        kind = (await redis.type(name)).decode()
+        if kind == "string":
+            values = [await redis.get(name)]
+        elif kind == "hash":
+            values = list((await redis.hgetall(name)).values())
+        else:
+            continue
+        assert all(key.encode() not in (v or b"") for v in values), name
+    assert key not in caplog.text
+    assert key[:-1] not in caplog.text
+
+
+# --- one tenant never sees another's --------------------------------------------------------
+
+
+async def test_another_tenants_runs_are_not_found_whatever_it_tries(rig: Rig) -> None:
+    owner, owner_key = await new_key(rig)
+    _, other_key = await new_key(rig)
+    mine = as_key(rig, owner_key)
+    theirs = as_key(rig, other_key)
+    run = (await rig.stub.Submit(gateway_pb2.SubmitRequest(prompt="secret"), metadata=mine)).run
+    run_id = run.run_id
+    for call in [
+        rig.stub.GetRun(gateway_pb2.GetRunRequest(run_id=run_id), metadata=theirs),
+        rig.stub.StreamRun(gateway_pb2.StreamRunRequest(run_id=run_id), metadata=theirs),
+        rig.stub.CancelRun(gateway_pb2.CancelRunRequest(run_id=run_id), metadata=theirs),
+        rig.stub.ApproveToolCall(
+            gateway_pb2.ApproveToolCallRequest(run_id=run_id, tool_call_id=f"{run_id}.0.000"),
+            metadata=theirs,
+        ),
+        rig.stub.RejectToolCall(
+            gateway_pb2.RejectToolCallRequest(run_id=run_id, tool_call_id=f"{run_id}.0.000"),
+            metadata=theirs,
+        ),
+        # Naming the owner as the tenant changes nothing: the key alone decides.
+        rig.stub.GetRun(
+            gateway_pb2.GetRunRequest(run_id=run_id), metadata=(*theirs, ("x-tenant-id", owner))
+        ),
+    ]:
+        error = await refused(call)
+        # NOT_FOUND, word for word what an unknown id gets: no existence leak.
+        assert error.code() is grpc.StatusCode.NOT_FOUND
+        assert error.details() == f"no run {run_id}"
+    listed = await rig.stub.ListRuns(gateway_pb2.ListRunsRequest(), metadata=theirs)
+    assert run_id not in [r.run_id for r in listed.runs]
+    # Reusing the owner's request id starts the other tenant's own run, never the owner's.
+    reused = "req-" + uuid.uuid4().hex
+    first = await rig.stub.Submit(
+        gateway_pb2.SubmitRequest(prompt="a", request_id=reused), metadata=mine
+    )
+    second = await rig.stub.Submit(
+        gateway_pb2.SubmitRequest(prompt="b", request_id=reused), metadata=theirs
+    )
+    assert first.run.run_id != second.run.run_id
+    # The owner's run was not touched by the other tenant's cancel.
+    got = await rig.stub.GetRun(gateway_pb2.GetRunRequest(run_id=run_id), metadata=mine)
+    assert got.run.status == types_pb2.RUN_STATUS_PENDING
+    assert got.run.tenant_id == owner
+    # Its records are under the owner's tenant in Redis, nowhere else.
+    names = [k.decode() async for k in rig.store.redis.scan_iter(f"*{run_id}*", count=1000)]
+    base = f"{rig.settings.namespace}af:{owner}:"
+    assert names
+    assert all(n.startswith(base) for n in names), names
+
+
+# --- `agentflux tenants` --------------------------------------------------------------------
+
+
+def tenants(rig: Rig, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "AGENTFLUX_NAMESPACE": rig.settings.namespace,
+        "AGENTFLUX_STACK_DIR": str(rig.settings.stack_dir),
+    }
+    return subprocess.run(
+        [AGENTFLUX, "tenants", *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+async def test_tenants_add_list_and_revoke_from_the_command_line(rig: Rig) -> None:
+    tenant = f"cli-{uuid.uuid4().hex[:6]}"
+    added = await asyncio.to_thread(tenants, rig, "add", tenant, "--name", "ci robot")
+    assert added.returncode == 0, added.stderr
+    key = added.stdout.strip()
+    assert key.startswith("afk_")
+    assert "\n" not in key
+    assert "shown" in added.stderr
+    assert "this once" in added.stderr
+    run = (
+        await rig.stub.Submit(gateway_pb2.SubmitRequest(prompt="hi"), metadata=as_key(rig, key))
+    ).run
+    assert run.tenant_id == tenant
+
+    listed = await asyncio.to_thread(tenants, rig, "list", tenant)
+    assert listed.returncode == 0, listed.stderr
+    assert key not in listed.stdout
+    assert digest_of(key) not in listed.stdout
+    (row,) = [line for line in listed.stdout.splitlines() if line.startswith(tenant)]
+    key_id = row.split()[1]
+    assert key[4:].startswith(key_id)
+    assert "active" in row
+    assert "ci robot" in row
+
+    revoked = await asyncio.to_thread(tenants, rig, "revoke", key_id)
+    assert revoked.returncode == 0, revoked.stderr
+    error = await refused(
+        rig.stub.GetRun(gateway_pb2.GetRunRequest(run_id=run.run_id), metadata=as_key(rig, key))
+    )
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    listed = await asyncio.to_thread(tenants, rig, "list", tenant)
+    assert "revoked" in listed.stdout
+    again = await asyncio.to_thread(tenants, rig, "revoke", key_id)
+    assert again.returncode == 0
+    assert "already revoked" in again.stdout
+
+
+async def test_tenants_commands_refuse_bad_input_with_what_to_do(rig: Rig) -> None:
+    bad = await asyncio.to_thread(tenants, rig, "add", "no spaces please")
+    assert bad.returncode == 2
+    assert "not a tenant id" in bad.stderr
+    unknown = await asyncio.to_thread(tenants, rig, "revoke", "nosuchid")
+    assert unknown.returncode == 1
+    assert "agentflux tenants list" in unknown.stderr
