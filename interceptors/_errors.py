@@ -2,7 +2,7 @@
 whether trying the same work again may succeed.
 
     FluxError                       INTERNAL                                      retryable
-    ├── InvalidArgument             INVALID_ARGUMENT (+ google.rpc.BadRequest field violations)
+    ├── InvalidArgument             INVALID_ARGUMENT (+ BadRequest: every field at fault)
     │   └── ContextValueError       a malformed context value (metadata key or header)
     ├── Unauthenticated             UNAUTHENTICATED
     ├── PermissionDenied            PERMISSION_DENIED
@@ -10,7 +10,7 @@ whether trying the same work again may succeed.
     ├── AlreadyExists               ALREADY_EXISTS
     ├── FailedPrecondition          FAILED_PRECONDITION
     ├── OutOfRange                  OUT_OF_RANGE (a position past what exists, e.g. a resume point)
-    ├── ResourceExhausted           RESOURCE_EXHAUSTED (+ google.rpc.RetryInfo)   retryable
+    ├── ResourceExhausted           RESOURCE_EXHAUSTED (+ RetryInfo, QuotaFailure) retryable
     ├── DeadlineExceeded            DEADLINE_EXCEEDED                             retryable
     └── Unavailable                 UNAVAILABLE (+ RetryInfo)                     retryable
 
@@ -23,7 +23,7 @@ has a default, and `retryable=` on an instance overrides it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import grpc
 
@@ -77,10 +77,25 @@ class InvalidArgument(FluxError):
     default_reason = "INVALID_ARGUMENT"
     default_retryable = False
 
-    def __init__(self, field: str, description: str, **kw: object) -> None:
-        super().__init__(f"{field}: {description}", **kw)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        field: str,
+        description: str,
+        *,
+        more: Sequence[tuple[str, str]] = (),
+        **kw: object,
+    ) -> None:
+        message = "; ".join(f"{f}: {d}" for f, d in ((field, description), *more))
+        super().__init__(message, **kw)  # type: ignore[arg-type]
         self.field = field
         self.description = description
+        self.violations: tuple[tuple[str, str], ...] = ((field, description), *more)
+
+    @classmethod
+    def of(cls, violations: Sequence[tuple[str, str]], **kw: object) -> InvalidArgument:
+        """One error naming every `(field, description)` at fault (at least one)."""
+        (field, description), *more = violations
+        return cls(field, description, more=more, **kw)
 
 
 class ContextValueError(InvalidArgument):
@@ -144,10 +159,17 @@ class OutOfRange(FluxError):
 
 
 class ResourceExhausted(FluxError):
-    """A rate limit, budget or size limit was hit."""
+    """A rate limit, budget or size limit was hit. `quota` names each quota at fault as
+    `(subject, description)`, sent as a google.rpc.QuotaFailure detail."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self, message: str, *, quota: Sequence[tuple[str, str]] = (), **kw: object
+    ) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.quota = tuple(quota)
 
 
 class DeadlineExceeded(FluxError):

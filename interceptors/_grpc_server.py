@@ -24,7 +24,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from interceptors._carriers import CONTEXT_KEYS, GRPC
 from interceptors._context import FluxContext, bind
-from interceptors._errors import DOMAIN, FluxError, InvalidArgument
+from interceptors._errors import DOMAIN, FluxError, InvalidArgument, ResourceExhausted
 from interceptors._propagation import extract
 from interceptors._spans import context_attributes
 from interceptors._telemetry import Telemetry, serving
@@ -55,7 +55,8 @@ def _pack(message: Any) -> any_pb2.Any:
 
 def status_of(error: FluxError, correlation_id: str) -> grpc.Status:
     """The gRPC status of `error`: code, message and `google.rpc.Status` details
-    (ErrorInfo always; BadRequest for a field at fault; RetryInfo when retrying helps)."""
+    (ErrorInfo always; BadRequest naming the fields at fault; QuotaFailure naming the
+    quotas; RetryInfo when retrying helps)."""
     info = error_details_pb2.ErrorInfo(
         reason=error.reason,
         domain=DOMAIN,
@@ -63,10 +64,17 @@ def status_of(error: FluxError, correlation_id: str) -> grpc.Status:
     )
     details = [_pack(info)]
     if isinstance(error, InvalidArgument):
-        violation = error_details_pb2.BadRequest.FieldViolation(
-            field=error.field, description=error.description
-        )
-        details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+            for field, description in error.violations
+        ]
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
+    if isinstance(error, ResourceExhausted) and error.quota:
+        quota = [
+            error_details_pb2.QuotaFailure.Violation(subject=subject, description=description)
+            for subject, description in error.quota
+        ]
+        details.append(_pack(error_details_pb2.QuotaFailure(violations=quota)))
     if error.retry_after is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after * 1e9))

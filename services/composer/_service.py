@@ -11,7 +11,14 @@ from opentelemetry import trace
 
 from interceptors import EventConsumer, EventProducer, IdempotencyGuard, Incoming, Telemetry
 from services.models import TEMPLATES, ComposeRequest, ModelProvider, provider
-from services.runs import TERMINAL, RunEnder, RunStore
+from services.runs import (
+    TERMINAL,
+    BudgetExceededError,
+    RunEnder,
+    RunStore,
+    TokenBudget,
+    estimate_tokens,
+)
 from services.runtime.adapters.kafka import KafkaConsumer
 from services.runtime.cache import ReadThroughCache
 from services.runtime.flags import FeatureFlags
@@ -38,10 +45,11 @@ class ComposerService(Service):
         self.model = model or provider(settings)
         self.telemetry = Telemetry.for_service("composer", settings)
         self.store = RunStore.for_settings(mesh.redis, settings)
+        self.budget = TokenBudget(mesh.redis, settings)
         self.events = EventProducer(
             mesh.producer, self.telemetry, source="/agentflux/composer", topic_prefix=mesh.namespace
         )
-        self.ender = RunEnder(self.store, self.events)
+        self.ender = RunEnder(self.store, self.events, self.budget)
         self.cache = ReadThroughCache(
             mesh.memcached, namespace=mesh.namespace, ttl_s=settings.cache_ttl_s
         )
@@ -111,22 +119,35 @@ class ComposerService(Service):
         if failed:
             await self.ender.fail(run, step, _failures(failed))
             return b"failed"
-        composition = await self.model.compose(
-            ComposeRequest(
-                prompt=run.prompt,
-                step=step,
-                max_steps=run.limits.max_steps,
-                results=results,
-                template=await self._template(),
-                memory=await self.store.memory(tenant, run.conversation_id),
-                earlier_results=await self.store.results_before(tenant, run.run_id, step),
-            )
+        ask = ComposeRequest(
+            prompt=run.prompt,
+            step=step,
+            max_steps=run.limits.max_steps,
+            results=results,
+            template=await self._template(),
+            memory=await self.store.memory(tenant, run.conversation_id),
+            earlier_results=await self.store.results_before(tenant, run.run_id, step),
         )
+        # Reserved before the model is asked (see the planner); settled once it answered.
+        marker = f"compose:{step}"
+        estimate = estimate_tokens(
+            run.prompt,
+            ask.template,
+            *ask.memory,
+            *(r.SerializeToString() for r in (*ask.results, *ask.earlier_results)),
+        )
+        try:
+            await self.budget.reserve(run, marker, estimate)
+        except BudgetExceededError as over:
+            await self.ender.fail(run, step, str(over))
+            return b"over budget"
+        composition = await self.model.compose(ask)
         if composition.next_step and step + 1 < run.limits.max_steps:
-            await self.store.add_usage(tenant, run.run_id, f"compose:{step}", composition.usage)
+            await self.budget.settle(run, marker, composition.usage)
             await self._continue(run, step, results)
             return b"continued"
         if composition.deltas is None:
+            await self.budget.settle(run, marker, composition.usage)
             why = (
                 f"the model asked for step {step + 2} beyond the run's {run.limits.max_steps} "
                 "steps (limits.max_steps) and gave no answer"
@@ -144,8 +165,8 @@ class ComposerService(Service):
             async for piece in deltas:
                 pieces.append(piece)
                 yield piece
-            # The usage is final once the answer is drained: charge it before the end.
-            await self.store.add_usage(tenant, run.run_id, f"compose:{step}", composition.usage)
+            # The usage is final once the answer is drained: settle it before the end.
+            await self.budget.settle(run, marker, composition.usage)
             if capture:
                 span.set_attribute("agentflux.answer", "".join(pieces)[:4096])
 

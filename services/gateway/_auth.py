@@ -29,6 +29,7 @@ import redis.exceptions
 from opentelemetry import trace
 
 from interceptors import FluxContext, Unauthenticated, Unavailable, bind, current
+from services.gateway._limits import RateLimiter
 from services.runtime.apikeys import ApiKeyStore
 from services.runtime.config import Settings
 
@@ -118,12 +119,14 @@ class Authenticator:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Binds each call's tenant (see the module doc). Goes after the context
+    """Binds each call's tenant (see the module doc) and admits the call under the
+    tenant's rate limit. Goes after the context
     interceptor in the server's list: it runs inside the context that one binds, and
     its errors become statuses there."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, limiter: RateLimiter | None = None) -> None:
         self.authenticator = authenticator
+        self.limiter = limiter
 
     async def intercept_service(
         self,
@@ -147,7 +150,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def _context(self, context: Any) -> FluxContext:
         metadata = tuple(context.invocation_metadata() or ())
-        return await self.authenticator.context(metadata, current() or FluxContext.new())
+        ctx = await self.authenticator.context(metadata, current() or FluxContext.new())
+        # Counted once the tenant is known: a flood of bad keys costs no tenant its quota.
+        if self.limiter is not None:
+            await self.limiter.admit(ctx.tenant_id)
+        return ctx
 
     def _wrap(self, behavior: Any, *, streaming: bool) -> Any:
         if streaming:
@@ -172,5 +179,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 def auth_interceptor(settings: Settings, redis: aioredis.Redis) -> AuthInterceptor:
     """The interceptor of a gateway with these settings, reading keys from `redis`
-    (ValueError when the `api_keys` setting is malformed)."""
-    return AuthInterceptor(Authenticator(settings, ApiKeyStore.for_settings(redis, settings)))
+    (ValueError when the `api_keys` setting is malformed), and admitting each call
+    under its tenant's sliding-window rate limit."""
+    return AuthInterceptor(
+        Authenticator(settings, ApiKeyStore.for_settings(redis, settings)),
+        RateLimiter(redis, settings),
+    )

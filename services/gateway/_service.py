@@ -112,7 +112,12 @@ class GatewayService(Service):
         # The caller's tenant (API key) is resolved inside the context the first binds.
         server = grpc.aio.server(
             interceptors=[_Interceptor(self.telemetry), auth_interceptor(settings, mesh.redis)],
-            options=[("grpc.so_reuseport", 0)],
+            # A request larger than this is refused by gRPC itself (RESOURCE_EXHAUSTED)
+            # before it is read into memory whole.
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", settings.max_request_bytes),
+            ],
         )
         gateway_pb2_grpc.add_AgentGatewayServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

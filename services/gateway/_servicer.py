@@ -47,11 +47,14 @@ from interceptors import (
     current,
 )
 from services.gateway import _requests as req
+from services.gateway._validation import validate
 from services.runs import (
+    OUTPUT_ALLOWANCE,
     TERMINAL,
     RequestReusedError,
     RunStore,
     StreamGapError,
+    TokenBudget,
     TooManyRunsError,
     finished_of,
 )
@@ -98,6 +101,7 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
         self.events = events
         self.index = index
         self.tasks = tasks  # approved (or rejected) calls' tasks go to the workers
+        self.budget = TokenBudget(store.redis, settings)
 
     def _tenant(self) -> str:
         # The one place a handler learns its tenant: the auth interceptor (_auth.py) bound
@@ -111,8 +115,10 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
     async def Submit(  # noqa: N802 - generated servicer method names
         self, request: gateway_pb2.SubmitRequest, context: Any
     ) -> gateway_pb2.SubmitResponse:
+        validate(request)
         run = req.new_run(request, self._tenant(), self.settings)
         with _store_reachable():
+            await self._within_budget(run.tenant_id)
             try:
                 run, new = await self.store.create(
                     run,
@@ -147,6 +153,25 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
                 await self._request(run)
         return gateway_pb2.SubmitResponse(run=run)
 
+    async def _within_budget(self, tenant: str) -> None:
+        """RESOURCE_EXHAUSTED (QuotaFailure, RetryInfo: the period's end) when the
+        tenant's token budget for the period is spent, so a run would fail at its first
+        model call. Runs already going are stopped by their own reservations."""
+        usage = await self.budget.tenant_usage(tenant)
+        # Spent means no room for even the smallest model call: what is left could not
+        # cover a call's output allowance, so a new run could not take its first step.
+        if usage.used + usage.reserved + OUTPUT_ALLOWANCE < usage.limit:
+            return
+        period = self.settings.budget_period_s
+        raise ResourceExhausted(
+            f"tenant {tenant}'s token budget is spent: {usage.used} used and "
+            f"{usage.reserved} reserved of {usage.limit} tokens this period "
+            "(AGENTFLUX_TENANT_TOKEN_BUDGET per AGENTFLUX_BUDGET_PERIOD_S)",
+            reason="TOKEN_BUDGET_EXHAUSTED",
+            retry_after=max(1.0, period - time.time() % period),
+            quota=[(f"tenant:{tenant}", f"{usage.limit} model tokens per {period} s")],
+        )
+
     async def _request(self, run: types_pb2.Run) -> None:
         event = events_pb2.AgentRequested(
             run_id=run.run_id,
@@ -173,6 +198,7 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
     async def StreamRun(  # noqa: N802
         self, request: gateway_pb2.StreamRunRequest, context: Any
     ) -> AsyncIterator[gateway_pb2.StreamRunResponse]:
+        validate(request)
         tenant = self._tenant()
         run_id = req.required_id("run_id", request.run_id)
         after = req.checked_after(request.after_event_id, request.after_sequence)
@@ -208,6 +234,11 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
                             if run is None:
                                 raise self._no_events(None, run_id)
                             return
+                    elif context.done():
+                        # The caller went away while nothing happened: gRPC tells a
+                        # streaming handler only when it writes, so it is asked here,
+                        # after each quiet read, and the stream's connection goes back.
+                        return
                     else:
                         continue  # quiet for a while (a run waiting for a person): wait on
                 for event in batch:
@@ -259,6 +290,7 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
     async def GetRun(  # noqa: N802
         self, request: gateway_pb2.GetRunRequest, context: Any
     ) -> gateway_pb2.GetRunResponse:
+        validate(request)
         run_id = req.required_id("run_id", request.run_id)
         with _store_reachable():
             run = await self.store.get(self._tenant(), run_id)
@@ -269,6 +301,7 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
     async def ListRuns(  # noqa: N802
         self, request: gateway_pb2.ListRunsRequest, context: Any
     ) -> gateway_pb2.ListRunsResponse:
+        validate(request)
         size = req.page_size(request.page_size, default=20)
         cursor = req.decode_page_token(request.page_token)
         status = req.checked_status(request.status)
@@ -283,6 +316,7 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
     async def CancelRun(  # noqa: N802
         self, request: gateway_pb2.CancelRunRequest, context: Any
     ) -> gateway_pb2.CancelRunResponse:
+        validate(request)
         run_id = req.required_id("run_id", request.run_id)
         reason = request.reason.strip() or "cancelled by the caller"
         if len(reason.encode("utf-8")) > MAX_REASON_BYTES:
@@ -316,6 +350,7 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
     async def ApproveToolCall(  # noqa: N802
         self, request: gateway_pb2.ApproveToolCallRequest, context: Any
     ) -> gateway_pb2.ApproveToolCallResponse:
+        validate(request)
         run_id = req.required_id("run_id", request.run_id)
         call_id = req.required_id("tool_call_id", request.tool_call_id)
         run = await self._decide(self._tenant(), run_id, call_id, True, "")
@@ -324,6 +359,7 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
     async def RejectToolCall(  # noqa: N802
         self, request: gateway_pb2.RejectToolCallRequest, context: Any
     ) -> gateway_pb2.RejectToolCallResponse:
+        validate(request)
         run_id = req.required_id("run_id", request.run_id)
         call_id = req.required_id("tool_call_id", request.tool_call_id)
         reason = request.reason.strip() or "rejected by a person"
@@ -363,6 +399,7 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
     async def SearchResponses(  # noqa: N802
         self, request: gateway_pb2.SearchResponsesRequest, context: Any
     ) -> gateway_pb2.SearchResponsesResponse:
+        validate(request)
         query = req.required_text("query", request.query, MAX_QUERY_BYTES)
         search = index_pb2.SearchIndexRequest(
             tenant_id=self._tenant(),

@@ -20,7 +20,7 @@ from interceptors import (
     Telemetry,
 )
 from services.models import ModelProvider, PlannedCall, PlanRequest, ToolOffer, provider
-from services.runs import RunEnder, RunStore
+from services.runs import BudgetExceededError, RunEnder, RunStore, TokenBudget, estimate_tokens
 from services.runtime.adapters.kafka import KafkaConsumer
 from services.runtime.cache import ReadThroughCache
 from services.runtime.flags import FeatureFlags
@@ -56,11 +56,12 @@ class PlannerService(Service):
         self.tools = tools or ToolRegistry.load(settings)
         self.telemetry = Telemetry.for_service("planner", settings)
         self.store = RunStore.for_settings(mesh.redis, settings)
+        self.budget = TokenBudget(mesh.redis, settings)
         source = "/agentflux/planner"
         events = EventProducer(
             mesh.producer, self.telemetry, source=source, topic_prefix=mesh.namespace
         )
-        self.ender = RunEnder(self.store, events)
+        self.ender = RunEnder(self.store, events, self.budget)
         self.kafka = KafkaConsumer(settings, mesh.group(self.name), [mesh.topic("agent.requested")])
         self.consumer = EventConsumer(
             self.kafka,
@@ -124,17 +125,27 @@ class PlannerService(Service):
         if step >= limits.max_steps:
             await self.ender.fail(run, step - 1, _over_steps(limits))
             return b"failed"
-        plan = await self.model.plan(
-            PlanRequest(
-                prompt=run.prompt,
-                step=step,
-                tools=self._offers(),
-                previous_results=list(request.previous_results),
-                memory=await self.store.memory(tenant, run.conversation_id),
-                session=await self.store.session(tenant, run.conversation_id),
-            )
+        ask = PlanRequest(
+            prompt=run.prompt,
+            step=step,
+            tools=self._offers(),
+            previous_results=list(request.previous_results),
+            memory=await self.store.memory(tenant, run.conversation_id),
+            session=await self.store.session(tenant, run.conversation_id),
         )
-        await self.store.add_usage(tenant, run.run_id, f"plan:{step}", plan.usage)
+        # Tokens are reserved before the model is asked, and the run ends when they
+        # cannot be: an unattended run never spends past its tenant's or its own budget.
+        marker = f"plan:{step}"
+        estimate = estimate_tokens(
+            run.prompt, *ask.memory, *(r.SerializeToString() for r in ask.previous_results)
+        )
+        try:
+            await self.budget.reserve(run, marker, estimate)
+        except BudgetExceededError as over:
+            await self.ender.fail(run, step, str(over))
+            return b"over budget"
+        plan = await self.model.plan(ask)
+        await self.budget.settle(run, marker, plan.usage)
         calls = [self._call(run.run_id, step, i, c) for i, c in enumerate(plan.calls)]
         await self.store.append_once(
             tenant,

@@ -14,10 +14,18 @@ a late writer overwrite how a run ended:
   cancellation requested before it wins.
 - `RunStore.record_result`: a step's tool results, gathered atomically; exactly one
   caller learns that the step is complete.
+- `TokenBudget.reserve`/`settle`: tokens reserved before each model call against the
+  tenant's and the run's budgets, settled once after it.
 
 Keys live under `<namespace>af:<tenant>:`, so tenants never share a key.
 """
 
+from services.runs._budget import (
+    OUTPUT_ALLOWANCE,
+    BudgetExceededError,
+    TokenBudget,
+    estimate_tokens,
+)
 from services.runs._ending import RunEnder
 from services.runs._store import (
     TERMINAL,
@@ -32,14 +40,18 @@ from services.runs._store import (
 )
 
 __all__ = [
+    "OUTPUT_ALLOWANCE",
     "TERMINAL",
+    "BudgetExceededError",
     "Finished",
     "RequestReusedError",
     "RunEnder",
     "RunStore",
     "StreamGapError",
+    "TokenBudget",
     "TooManyRunsError",
     "completion_of",
+    "estimate_tokens",
     "finished_of",
     "is_event_id",
 ]

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from agentflux.v1 import events_pb2, gateway_pb2, types_pb2
 
 from interceptors import EventProducer
+from services.runs._budget import TokenBudget
 from services.runs._store import Finished, RunStore, completion_of
 
 __all__ = ["RunEnder"]
@@ -29,9 +30,12 @@ log = logging.getLogger(__name__)
 class RunEnder:
     """Ends runs (see the module doc)."""
 
-    def __init__(self, store: RunStore, events: EventProducer) -> None:
+    def __init__(
+        self, store: RunStore, events: EventProducer, budget: TokenBudget | None = None
+    ) -> None:
         self.store = store
         self.events = events
+        self.budget = budget  # an ended run's unsettled reservations go back to its tenant
 
     async def answer(
         self, run: types_pb2.Run, step: int, deltas: AsyncIterator[str]
@@ -71,6 +75,8 @@ class RunEnder:
             return None
         ended = finished.run
         await self.store.note_turn(ended)
+        if self.budget is not None:
+            await self.budget.release(ended)
         completed = events_pb2.AgentCompleted(
             run_id=ended.run_id,
             tenant_id=ended.tenant_id,

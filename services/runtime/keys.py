@@ -33,6 +33,15 @@ class Keys:
         """Sorted set: the tenant's runs not yet ended, by creation time (milliseconds)."""
         return f"{self._base(tenant)}inflight"
 
+    def budget(self, tenant: str, period: int) -> str:
+        """Hash: the tenant's tokens `used` and `reserved` in budget period `period`
+        (the period's number since the epoch)."""
+        return f"{self._base(tenant)}budget:{period}"
+
+    def rate(self, tenant: str) -> str:
+        """Sorted set: the tenant's calls admitted in the rate window, by time (ms)."""
+        return f"{self._base(tenant)}rate"
+
     def request(self, tenant: str, request_id: str) -> str:
         """String: the run a Submit `request_id` started."""
         return f"{self._base(tenant)}request:{request_id}"

@@ -177,6 +177,13 @@ class Mesh:
             out.append(event)
         return out
 
+    async def events_of(
+        self, stub: gateway_pb2_grpc.AgentGatewayStub, run_id: str, timeout: float = 120.0
+    ) -> list[gateway_pb2.StreamRunResponse]:
+        """Every event of a run, read with another client's stub, until `finished`."""
+        call = stub.StreamRun(gateway_pb2.StreamRunRequest(run_id=run_id), timeout=timeout)
+        return [event async for event in call]
+
     async def finished(self, run_id: str, timeout: float = 120.0) -> types_pb2.Run:
         """The run once it ended (GetRun after the stream's `finished`)."""
         events = await self.events(run_id, timeout=timeout)

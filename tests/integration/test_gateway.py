@@ -80,7 +80,8 @@ async def running_gateway(
 ) -> AsyncIterator[Rig]:
     """A started GatewayService on a fresh namespace and port; its topics (unless
     `topics` is False) and Redis keys are removed afterwards, also on failure."""
-    namespace = f"t{uuid.uuid4().hex[:10]}."
+    # Two rigs given one namespace are two gateways of one mesh.
+    namespace = overrides.pop("namespace", None) or f"t{uuid.uuid4().hex[:10]}."
     settings = Settings(
         namespace=namespace,
         gateway_port=free_port(),

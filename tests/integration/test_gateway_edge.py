@@ -21,17 +21,20 @@ import grpc
 import pytest
 import pytest_asyncio
 from agentflux.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.runtime.apikeys import ApiKeyStore, digest_of
 from services.runtime.bearer import api_key_interceptors
 from services.runtime.config import Settings
-from tests.integration.test_gateway import Rig, collect, running_gateway
+from tests.integration.runtime_kit import eventually
+from tests.integration.test_gateway import Rig, collect, rich_status, running_gateway
 
 pytestmark = pytest.mark.integration
 
 AGENTFLUX = str(Path(sys.executable).with_name("agentflux"))
 SETTINGS_KEY = "afk_from-the-settings-" + uuid.uuid4().hex
+KEYS = {"auth": "required"}  # (running_gateway turns keys off unless told)
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -79,7 +82,10 @@ async def test_no_key_a_wrong_key_or_a_wrong_scheme_is_unauthenticated(rig: Rig)
         (("x-api-key", key + "x"),),
         (("authorization", f"Basic {key}"),),
         (("authorization", "Bearer "),),
-        (("authorization", f"Bearer {key}"), ("x-api-key", key[:-1] + "A")),  # two keys
+        (
+            ("authorization", f"Bearer {key}"),
+            ("x-api-key", key[:-1] + ("A" if key[-1] != "A" else "B")),
+        ),
         (("x-tenant-id", "acme"),),  # naming a tenant is no credential
     ]:
         error = await refused(rig.stub.Submit(request, metadata=metadata))
@@ -279,3 +285,167 @@ async def test_tenants_commands_refuse_bad_input_with_what_to_do(rig: Rig) -> No
     unknown = await asyncio.to_thread(tenants, rig, "revoke", "nosuchid")
     assert unknown.returncode == 1
     assert "agentflux tenants list" in unknown.stderr
+
+
+# --- fairness: rate limits, runs in flight, sizes, reused request ids ---------------------
+
+
+def detail(error: grpc.aio.AioRpcError, kind: Any) -> Any:
+    for packed in rich_status(error).details:
+        got = kind()
+        if packed.Unpack(got):
+            return got
+    raise AssertionError(f"no {kind.DESCRIPTOR.name} detail")
+
+
+async def test_a_flood_through_two_gateways_gets_exactly_the_limit(
+    settings: Settings, tmp_path: Path
+) -> None:
+    namespace = f"t{uuid.uuid4().hex[:10]}."
+    limits = {"rate_limit": 10, "rate_window_s": 600, "namespace": namespace, **KEYS}
+    async with (
+        running_gateway(tmp_path / "a", **limits) as one,
+        running_gateway(tmp_path / "b", topics=False, **limits) as two,
+    ):
+        tenant, key = await new_key(one)
+        _, bystander = await new_key(one)
+
+        async def call(rig: Rig) -> grpc.StatusCode:
+            try:
+                await rig.stub.ListRuns(gateway_pb2.ListRunsRequest(), metadata=as_key(rig, key))
+            except grpc.aio.AioRpcError as error:
+                failed = error
+            else:
+                return grpc.StatusCode.OK
+            assert failed.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, failed
+            retry = detail(failed, error_details_pb2.RetryInfo).retry_delay.ToTimedelta()
+            assert 0 < retry.total_seconds() <= 600
+            quota = detail(failed, error_details_pb2.QuotaFailure)
+            assert [v.subject for v in quota.violations] == [f"tenant:{tenant}"]
+            return failed.code()
+
+        codes = await asyncio.gather(*(call(one if i % 2 else two) for i in range(40)))
+        assert codes.count(grpc.StatusCode.OK) == 10
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 30
+        # Another tenant's calls are not touched by the flood.
+        await two.stub.ListRuns(gateway_pb2.ListRunsRequest(), metadata=as_key(two, bystander))
+
+
+async def test_the_window_slides_and_a_retry_after_the_hint_is_admitted(
+    settings: Settings, tmp_path: Path
+) -> None:
+    async with running_gateway(tmp_path, rate_limit=3, rate_window_s=1, **KEYS) as rig:
+        _, key = await new_key(rig)
+
+        async def list_runs() -> Any:
+            return await rig.stub.ListRuns(gateway_pb2.ListRunsRequest(), metadata=as_key(rig, key))
+
+        for _ in range(3):
+            await list_runs()
+        error = await refused(list_runs())
+        assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        retry = detail(error, error_details_pb2.RetryInfo).retry_delay.ToTimedelta()
+        assert 0 < retry.total_seconds() <= 1
+
+        async def admitted() -> bool:
+            try:
+                await list_runs()
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+            else:
+                return True
+            assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            return False
+
+        await eventually(admitted, timeout=10, what="a call admitted once the window slid")
+
+
+async def test_runs_in_flight_are_capped_per_tenant(settings: Settings, tmp_path: Path) -> None:
+    async with running_gateway(tmp_path, max_runs_in_flight=2, **KEYS) as rig:
+        _, key = await new_key(rig)
+        _, other = await new_key(rig)
+        runs = [
+            (
+                await rig.stub.Submit(
+                    gateway_pb2.SubmitRequest(prompt=f"r{i}"), metadata=as_key(rig, key)
+                )
+            ).run
+            for i in range(2)
+        ]
+        error = await refused(
+            rig.stub.Submit(gateway_pb2.SubmitRequest(prompt="r2"), metadata=as_key(rig, key))
+        )
+        assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (
+            detail(error, error_details_pb2.RetryInfo).retry_delay.ToTimedelta().total_seconds() > 0
+        )
+        # Another tenant still submits; and one run ending frees a place.
+        await rig.stub.Submit(gateway_pb2.SubmitRequest(prompt="x"), metadata=as_key(rig, other))
+        await rig.store.finish(runs[0].tenant_id, runs[0].run_id, types_pb2.RUN_STATUS_COMPLETED)
+        await rig.stub.Submit(gateway_pb2.SubmitRequest(prompt="r3"), metadata=as_key(rig, key))
+
+
+async def test_an_oversized_request_is_refused_before_it_is_read(
+    settings: Settings, tmp_path: Path
+) -> None:
+    async with running_gateway(tmp_path, max_request_bytes=4096, **KEYS) as rig:
+        _, key = await new_key(rig)
+        error = await refused(
+            rig.stub.Submit(gateway_pb2.SubmitRequest(prompt="x" * 5000), metadata=as_key(rig, key))
+        )
+        assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        listed = await rig.stub.ListRuns(gateway_pb2.ListRunsRequest(), metadata=as_key(rig, key))
+        assert list(listed.runs) == []  # nothing was recorded
+
+
+async def test_a_request_id_reused_for_another_request_is_refused_with_the_run(rig: Rig) -> None:
+    _, key = await new_key(rig)
+    request_id = "order-" + uuid.uuid4().hex
+    first = (
+        await rig.stub.Submit(
+            gateway_pb2.SubmitRequest(prompt="what is 6*7", request_id=request_id),
+            metadata=as_key(rig, key),
+        )
+    ).run
+    # The same request again is a retry: the same run.
+    again = (
+        await rig.stub.Submit(
+            gateway_pb2.SubmitRequest(prompt="what is 6*7", request_id=request_id),
+            metadata=as_key(rig, key),
+        )
+    ).run
+    assert again.run_id == first.run_id
+    for changed in [
+        gateway_pb2.SubmitRequest(prompt="what is 6*8", request_id=request_id),
+        gateway_pb2.SubmitRequest(prompt="what is 6*7", request_id=request_id, priority=3),
+    ]:
+        error = await refused(rig.stub.Submit(changed, metadata=as_key(rig, key)))
+        assert error.code() is grpc.StatusCode.ALREADY_EXISTS
+        info = detail(error, error_details_pb2.ErrorInfo)
+        assert info.reason == "REQUEST_ID_REUSED"
+        assert info.metadata["run_id"] == first.run_id
+    listed = await rig.stub.ListRuns(gateway_pb2.ListRunsRequest(), metadata=as_key(rig, key))
+    assert [r.run_id for r in listed.runs] == [first.run_id]
+
+
+async def test_ask_without_a_key_says_how_to_get_one(rig: Rig) -> None:
+    env = {
+        **os.environ,
+        "AGENTFLUX_NAMESPACE": rig.settings.namespace,
+        "AGENTFLUX_GATEWAY_PORT": str(rig.settings.gateway_port),
+        "AGENTFLUX_API_KEY": "",
+    }
+    for extra in ([], ["--api-key", "afk_not-a-key-of-anyone"]):
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [AGENTFLUX, "ask", "what is 2+3", *extra],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert done.returncode != 0
+        assert "UNAUTHENTICATED" in done.stderr
+        assert "AGENTFLUX_API_KEY" in done.stderr
+        assert "agentflux tenants add" in done.stderr
+        assert "afk_not-a-key-of-anyone" not in done.stderr

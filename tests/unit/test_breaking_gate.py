@@ -61,10 +61,12 @@ def _append(path: Path, text: str) -> None:
 
 @pytest.fixture
 def contracts(tmp_path: Path) -> Path:
-    """buf.yaml and proto/ (with the published baseline) copied to tmp_path."""
+    """buf.yaml, proto/ (with the published baseline) and proto-vendor/ (the subset of
+    buf/validate/validate.proto the contracts import) copied to tmp_path."""
     assert (REPO / BASELINE).is_file(), f"the baseline {BASELINE} is not committed"
     shutil.copy2(REPO / "buf.yaml", tmp_path / "buf.yaml")
     shutil.copytree(REPO / "proto", tmp_path / "proto")
+    shutil.copytree(REPO / "proto-vendor", tmp_path / "proto-vendor")
     return tmp_path
 
 

@@ -32,14 +32,19 @@ class SubmitRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
-    """Conversation this run continues; a new conversation when empty."""
+    """Conversation this run continues; a new conversation when empty. An id:
+    a letter or digit, then letters, digits and `._:-`, 128 characters at most.
+    """
     prompt: _builtins.str
-    """The question or instruction for the agent. Required."""
+    """The question or instruction for the agent. Required: more than whitespace,
+    at most 32 KiB of UTF-8.
+    """
     priority: _types_pb2.Priority.ValueType
-    """How urgently the run is served."""
+    """How urgently the run is served. One of the values `Priority` declares."""
     request_id: _builtins.str
     """Caller-chosen key that makes the call safe to retry (AIP-155): a UUID is
-    fine. The same key within the idempotency window returns the same run.
+    fine. The same key within the idempotency window returns the same run. An
+    id, as `conversation_id`.
     """
     @_builtins.property
     def limits(self) -> _types_pb2.RunLimits:
@@ -96,9 +101,11 @@ class StreamRunRequest(_message.Message):
     AFTER_EVENT_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """Run to follow. Required."""
+    """Run to follow. Required (an id, as `SubmitRequest.conversation_id`)."""
     after_event_id: _builtins.str
-    """Resume after this event; from the start of the run when empty."""
+    """Resume after this event; from the start of the run when empty. An event id:
+    `<number>-<number>`.
+    """
     after_sequence: _builtins.int
     """Resume after the event with this `sequence` (an alternative to `after_event_id`;
     both may not be set). 0: from the start.
@@ -466,7 +473,7 @@ class GetRunRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """Run to return. Required."""
+    """Run to return. Required (an id, as `SubmitRequest.conversation_id`)."""
     def __init__(
         self,
         *,
@@ -518,7 +525,9 @@ class ListRunsRequest(_message.Message):
     page_token: _builtins.str
     """`next_page_token` of the previous page; the first page when empty."""
     status: _types_pb2.RunStatus.ValueType
-    """Only runs in this status; every status when unspecified."""
+    """Only runs in this status; every status when unspecified. One of the values
+    `RunStatus` declares.
+    """
     def __init__(
         self,
         *,
@@ -571,9 +580,11 @@ class CancelRunRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """Run to cancel. Required."""
+    """Run to cancel. Required (an id, as `SubmitRequest.conversation_id`)."""
     reason: _builtins.str
-    """Why the caller cancels; kept on the run as its error message."""
+    """Why the caller cancels; kept on the run as its error message. At most 1 KiB
+    of UTF-8.
+    """
     def __init__(
         self,
         *,
@@ -623,9 +634,9 @@ class ApproveToolCallRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """Run that waits. Required."""
+    """Run that waits. Required (an id, as `SubmitRequest.conversation_id`)."""
     tool_call_id: _builtins.str
-    """Call to approve. Required."""
+    """Call to approve. Required (an id, as `SubmitRequest.conversation_id`)."""
     def __init__(
         self,
         *,
@@ -674,11 +685,13 @@ class RejectToolCallRequest(_message.Message):
     TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """Run that waits. Required."""
+    """Run that waits. Required (an id, as `SubmitRequest.conversation_id`)."""
     tool_call_id: _builtins.str
-    """Call to reject. Required."""
+    """Call to reject. Required (an id, as `SubmitRequest.conversation_id`)."""
     reason: _builtins.str
-    """Why; given to the model and kept on the call's result."""
+    """Why; given to the model and kept on the call's result. At most 1 KiB of
+    UTF-8.
+    """
     def __init__(
         self,
         *,
@@ -728,7 +741,9 @@ class SearchResponsesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     query: _builtins.str
-    """Words to look for in prompts and answers. Required."""
+    """Words to look for in prompts and answers. Required: more than whitespace, at
+    most 1 KiB of UTF-8.
+    """
     page_size: _builtins.int
     """Results per page (1-100; 10 when zero)."""
     page_token: _builtins.str

@@ -23,12 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from agentflux.v1 import options_pb2 as agentflux_dot_v1_dot_options__pb2
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61gentflux/v1/types.proto\x12\x0c\x61gentflux.v1\x1a\x1a\x61gentflux/v1/options.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"|\n\x05Usage\x12#\n\rprompt_tokens\x18\x01 \x01(\x03R\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03R\x10\x63ompletionTokens\x12!\n\x0ctotal_tokens\x18\x03 \x01(\x03R\x0btotalTokens\"\x9a\x01\n\tRunLimits\x12\x1b\n\tmax_steps\x18\x01 \x01(\x05R\x08maxSteps\x12+\n\x12max_tools_per_step\x18\x02 \x01(\x05R\x0fmaxToolsPerStep\x12$\n\x0emax_tool_calls\x18\x03 \x01(\x05R\x0cmaxToolCalls\x12\x1d\n\nmax_tokens\x18\x04 \x01(\x03R\tmaxTokens\"\x8b\x01\n\x08ToolCall\x12 \n\x0ctool_call_id\x18\x01 \x01(\tR\ntoolCallId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x35\n\targuments\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructR\targuments\x12\x12\n\x04step\x18\x04 \x01(\x05R\x04step\"\xc3\x02\n\nToolResult\x12 \n\x0ctool_call_id\x18\x01 \x01(\tR\ntoolCallId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x34\n\x06status\x18\x03 \x01(\x0e\x32\x1c.agentflux.v1.ToolCallStatusR\x06status\x12.\n\x06output\x18\x04 \x01(\x0b\x32\x16.google.protobuf.ValueR\x06output\x12#\n\rerror_message\x18\x05 \x01(\tR\x0c\x65rrorMessage\x12!\n\x0c\x61rtifact_key\x18\x06 \x01(\tR\x0b\x61rtifactKey\x12\x35\n\x08\x64uration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationR\x08\x64uration\x12\x1a\n\x08\x61ttempts\x18\x08 \x01(\x05R\x08\x61ttempts\"G\n\x06\x41nswer\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x13.agentflux.v1.UsageR\x05usage\"\xec\x04\n\x03Run\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x1b\n\ttenant_id\x18\x02 \x01(\tR\x08tenantId\x12\'\n\x0f\x63onversation_id\x18\x03 \x01(\tR\x0e\x63onversationId\x12\x16\n\x06prompt\x18\x04 \x01(\tR\x06prompt\x12\x32\n\x08priority\x18\x05 \x01(\x0e\x32\x16.agentflux.v1.PriorityR\x08priority\x12/\n\x06status\x18\x06 \x01(\x0e\x32\x17.agentflux.v1.RunStatusR\x06status\x12,\n\x06\x61nswer\x18\x07 \x01(\x0b\x32\x14.agentflux.v1.AnswerR\x06\x61nswer\x12)\n\x05usage\x18\x08 \x01(\x0b\x32\x13.agentflux.v1.UsageR\x05usage\x12#\n\rerror_message\x18\t \x01(\tR\x0c\x65rrorMessage\x12\x1d\n\nstep_count\x18\n \x01(\x05R\tstepCount\x12/\n\x06limits\x18\x0b \x01(\x0b\x32\x17.agentflux.v1.RunLimitsR\x06limits\x12;\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\x12\x43\n\x11pending_approvals\x18\x0e \x03(\x0b\x32\x16.agentflux.v1.ToolCallR\x10pendingApprovals*\x91\x01\n\x08Priority\x12\x1e\n\x14PRIORITY_UNSPECIFIED\x10\x00\x1a\x04\xe0\xf3\x18\x05\x12\x16\n\x0cPRIORITY_LOW\x10\x01\x1a\x04\xe0\xf3\x18\x01\x12\x19\n\x0fPRIORITY_NORMAL\x10\x02\x1a\x04\xe0\xf3\x18\x05\x12\x17\n\rPRIORITY_HIGH\x10\x03\x1a\x04\xe0\xf3\x18\x08\x12\x19\n\x0fPRIORITY_URGENT\x10\x04\x1a\x04\xe0\xf3\x18\n*\xdf\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_PENDING\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x03\x12\x15\n\x11RUN_STATUS_FAILED\x10\x04\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x05\x12\x19\n\x15RUN_STATUS_CANCELLING\x10\x06\x12 \n\x1cRUN_STATUS_AWAITING_APPROVAL\x10\x07*\x95\x01\n\x10\x43ompletionStatus\x12!\n\x1d\x43OMPLETION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43OMPLETION_STATUS_COMPLETED\x10\x01\x12\x1c\n\x18\x43OMPLETION_STATUS_FAILED\x10\x02\x12\x1f\n\x1b\x43OMPLETION_STATUS_CANCELLED\x10\x03*\xce\x01\n\x0eToolCallStatus\x12 \n\x1cTOOL_CALL_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aTOOL_CALL_STATUS_SUCCEEDED\x10\x01\x12\x1b\n\x17TOOL_CALL_STATUS_FAILED\x10\x02\x12\x1e\n\x1aTOOL_CALL_STATUS_TIMED_OUT\x10\x03\x12\x1e\n\x1aTOOL_CALL_STATUS_CANCELLED\x10\x04\x12\x1d\n\x19TOOL_CALL_STATUS_REJECTED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61gentflux/v1/types.proto\x12\x0c\x61gentflux.v1\x1a\x1a\x61gentflux/v1/options.proto\x1a\x1b\x62uf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"|\n\x05Usage\x12#\n\rprompt_tokens\x18\x01 \x01(\x03R\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03R\x10\x63ompletionTokens\x12!\n\x0ctotal_tokens\x18\x03 \x01(\x03R\x0btotalTokens\"\xc6\x01\n\tRunLimits\x12&\n\tmax_steps\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18@(\x00R\x08maxSteps\x12\x37\n\x12max_tools_per_step\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x80\x02(\x00R\x0fmaxToolsPerStep\x12\x30\n\x0emax_tool_calls\x18\x03 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x80 (\x00R\x0cmaxToolCalls\x12&\n\nmax_tokens\x18\x04 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00R\tmaxTokens\"\x8b\x01\n\x08ToolCall\x12 \n\x0ctool_call_id\x18\x01 \x01(\tR\ntoolCallId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x35\n\targuments\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructR\targuments\x12\x12\n\x04step\x18\x04 \x01(\x05R\x04step\"\xc3\x02\n\nToolResult\x12 \n\x0ctool_call_id\x18\x01 \x01(\tR\ntoolCallId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x34\n\x06status\x18\x03 \x01(\x0e\x32\x1c.agentflux.v1.ToolCallStatusR\x06status\x12.\n\x06output\x18\x04 \x01(\x0b\x32\x16.google.protobuf.ValueR\x06output\x12#\n\rerror_message\x18\x05 \x01(\tR\x0c\x65rrorMessage\x12!\n\x0c\x61rtifact_key\x18\x06 \x01(\tR\x0b\x61rtifactKey\x12\x35\n\x08\x64uration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationR\x08\x64uration\x12\x1a\n\x08\x61ttempts\x18\x08 \x01(\x05R\x08\x61ttempts\"G\n\x06\x41nswer\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x13.agentflux.v1.UsageR\x05usage\"\xec\x04\n\x03Run\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x1b\n\ttenant_id\x18\x02 \x01(\tR\x08tenantId\x12\'\n\x0f\x63onversation_id\x18\x03 \x01(\tR\x0e\x63onversationId\x12\x16\n\x06prompt\x18\x04 \x01(\tR\x06prompt\x12\x32\n\x08priority\x18\x05 \x01(\x0e\x32\x16.agentflux.v1.PriorityR\x08priority\x12/\n\x06status\x18\x06 \x01(\x0e\x32\x17.agentflux.v1.RunStatusR\x06status\x12,\n\x06\x61nswer\x18\x07 \x01(\x0b\x32\x14.agentflux.v1.AnswerR\x06\x61nswer\x12)\n\x05usage\x18\x08 \x01(\x0b\x32\x13.agentflux.v1.UsageR\x05usage\x12#\n\rerror_message\x18\t \x01(\tR\x0c\x65rrorMessage\x12\x1d\n\nstep_count\x18\n \x01(\x05R\tstepCount\x12/\n\x06limits\x18\x0b \x01(\x0b\x32\x17.agentflux.v1.RunLimitsR\x06limits\x12;\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\x12\x43\n\x11pending_approvals\x18\x0e \x03(\x0b\x32\x16.agentflux.v1.ToolCallR\x10pendingApprovals*\x91\x01\n\x08Priority\x12\x1e\n\x14PRIORITY_UNSPECIFIED\x10\x00\x1a\x04\xe0\xf3\x18\x05\x12\x16\n\x0cPRIORITY_LOW\x10\x01\x1a\x04\xe0\xf3\x18\x01\x12\x19\n\x0fPRIORITY_NORMAL\x10\x02\x1a\x04\xe0\xf3\x18\x05\x12\x17\n\rPRIORITY_HIGH\x10\x03\x1a\x04\xe0\xf3\x18\x08\x12\x19\n\x0fPRIORITY_URGENT\x10\x04\x1a\x04\xe0\xf3\x18\n*\xdf\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_PENDING\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x03\x12\x15\n\x11RUN_STATUS_FAILED\x10\x04\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x05\x12\x19\n\x15RUN_STATUS_CANCELLING\x10\x06\x12 \n\x1cRUN_STATUS_AWAITING_APPROVAL\x10\x07*\x95\x01\n\x10\x43ompletionStatus\x12!\n\x1d\x43OMPLETION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43OMPLETION_STATUS_COMPLETED\x10\x01\x12\x1c\n\x18\x43OMPLETION_STATUS_FAILED\x10\x02\x12\x1f\n\x1b\x43OMPLETION_STATUS_CANCELLED\x10\x03*\xce\x01\n\x0eToolCallStatus\x12 \n\x1cTOOL_CALL_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aTOOL_CALL_STATUS_SUCCEEDED\x10\x01\x12\x1b\n\x17TOOL_CALL_STATUS_FAILED\x10\x02\x12\x1e\n\x1aTOOL_CALL_STATUS_TIMED_OUT\x10\x03\x12\x1e\n\x1aTOOL_CALL_STATUS_CANCELLED\x10\x04\x12\x1d\n\x19TOOL_CALL_STATUS_REJECTED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,24 +46,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRIORITY'].values_by_name["PRIORITY_HIGH"]._serialized_options = b'\340\363\030\010'
   _globals['_PRIORITY'].values_by_name["PRIORITY_URGENT"]._loaded_options = None
   _globals['_PRIORITY'].values_by_name["PRIORITY_URGENT"]._serialized_options = b'\340\363\030\n'
-  _globals['_PRIORITY']._serialized_start=1613
-  _globals['_PRIORITY']._serialized_end=1758
-  _globals['_RUNSTATUS']._serialized_start=1761
-  _globals['_RUNSTATUS']._serialized_end=1984
-  _globals['_COMPLETIONSTATUS']._serialized_start=1987
-  _globals['_COMPLETIONSTATUS']._serialized_end=2136
-  _globals['_TOOLCALLSTATUS']._serialized_start=2139
-  _globals['_TOOLCALLSTATUS']._serialized_end=2345
-  _globals['_USAGE']._serialized_start=165
-  _globals['_USAGE']._serialized_end=289
-  _globals['_RUNLIMITS']._serialized_start=292
-  _globals['_RUNLIMITS']._serialized_end=446
-  _globals['_TOOLCALL']._serialized_start=449
-  _globals['_TOOLCALL']._serialized_end=588
-  _globals['_TOOLRESULT']._serialized_start=591
-  _globals['_TOOLRESULT']._serialized_end=914
-  _globals['_ANSWER']._serialized_start=916
-  _globals['_ANSWER']._serialized_end=987
-  _globals['_RUN']._serialized_start=990
-  _globals['_RUN']._serialized_end=1610
+  _globals['_RUNLIMITS'].fields_by_name['max_steps']._loaded_options = None
+  _globals['_RUNLIMITS'].fields_by_name['max_steps']._serialized_options = b'\272H\006\032\004\030@(\000'
+  _globals['_RUNLIMITS'].fields_by_name['max_tools_per_step']._loaded_options = None
+  _globals['_RUNLIMITS'].fields_by_name['max_tools_per_step']._serialized_options = b'\272H\007\032\005\030\200\002(\000'
+  _globals['_RUNLIMITS'].fields_by_name['max_tool_calls']._loaded_options = None
+  _globals['_RUNLIMITS'].fields_by_name['max_tool_calls']._serialized_options = b'\272H\007\032\005\030\200 (\000'
+  _globals['_RUNLIMITS'].fields_by_name['max_tokens']._loaded_options = None
+  _globals['_RUNLIMITS'].fields_by_name['max_tokens']._serialized_options = b'\272H\004\"\002(\000'
+  _globals['_PRIORITY']._serialized_start=1686
+  _globals['_PRIORITY']._serialized_end=1831
+  _globals['_RUNSTATUS']._serialized_start=1834
+  _globals['_RUNSTATUS']._serialized_end=2057
+  _globals['_COMPLETIONSTATUS']._serialized_start=2060
+  _globals['_COMPLETIONSTATUS']._serialized_end=2209
+  _globals['_TOOLCALLSTATUS']._serialized_start=2212
+  _globals['_TOOLCALLSTATUS']._serialized_end=2418
+  _globals['_USAGE']._serialized_start=194
+  _globals['_USAGE']._serialized_end=318
+  _globals['_RUNLIMITS']._serialized_start=321
+  _globals['_RUNLIMITS']._serialized_end=519
+  _globals['_TOOLCALL']._serialized_start=522
+  _globals['_TOOLCALL']._serialized_end=661
+  _globals['_TOOLRESULT']._serialized_start=664
+  _globals['_TOOLRESULT']._serialized_end=987
+  _globals['_ANSWER']._serialized_start=989
+  _globals['_ANSWER']._serialized_end=1060
+  _globals['_RUN']._serialized_start=1063
+  _globals['_RUN']._serialized_end=1683
 # @@protoc_insertion_point(module_scope)

@@ -196,7 +196,11 @@ Global___Usage: _TypeAlias = Usage  # noqa: Y015
 
 @_typing.final
 class RunLimits(_message.Message):
-    """Bounds on the work one run may cause. Zero means the deployment's default."""
+    """Bounds on the work one run may cause. Zero means the deployment's default.
+    The deployment's defaults are also its caps (`AGENTFLUX_RUN_MAX_*`): a larger
+    value is INVALID_ARGUMENT. The ranges below are the ceilings no deployment can
+    raise its caps above.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -205,13 +209,15 @@ class RunLimits(_message.Message):
     MAX_TOOL_CALLS_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     max_steps: _builtins.int
-    """Planning steps (plan, call tools, read results) before the run must answer."""
+    """Planning steps (plan, call tools, read results) before the run must answer.
+    0-64.
+    """
     max_tools_per_step: _builtins.int
-    """Tool calls one step may fan out to."""
+    """Tool calls one step may fan out to. 0-256."""
     max_tool_calls: _builtins.int
-    """Tool calls over the whole run."""
+    """Tool calls over the whole run. 0-4096."""
     max_tokens: _builtins.int
-    """Model tokens the run may spend."""
+    """Model tokens the run may spend. 0 or more."""
     def __init__(
         self,
         *,

@@ -1,0 +1,1 @@
+"""Generated from proto-vendor/ by `make gen`; do not edit."""
