@@ -56,13 +56,27 @@ CE_ATTRIBUTES = ("ce_specversion", "ce_type", "ce_source", "ce_time", "content-t
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 
-_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+# W3C Trace Context: version 00 is exactly these four fields; a later version (any but
+# `ff`) starts with the same four and may add more after a `-`, which a version-00 reader
+# parses and ignores (the spec's forward compatibility, as OpenTelemetry does).
+_TRACEPARENT = re.compile(
+    r"(?!ff)(?P<version>[0-9a-f]{2})-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}"
+    r"(?P<rest>-[\x20-\x7e]*)?"
+)
+_TRACEPARENT_MAX = 512
 _TRACESTATE_MAX = 512
 
 
 def valid_traceparent(value: str) -> bool:
-    """Whether `value` is a well-formed W3C traceparent (version 00, non-zero ids)."""
-    return _TRACEPARENT.fullmatch(value) is not None
+    """Whether `value` is a W3C traceparent a version-00 reader accepts: version 00 with
+    exactly its four fields and non-zero ids, or a later version (not `ff`) whose first
+    four fields are those, optionally followed by `-` and more."""
+    if len(value) > _TRACEPARENT_MAX:
+        return False
+    got = _TRACEPARENT.fullmatch(value)
+    if got is None:
+        return False
+    return got["version"] != "00" or got["rest"] is None
 
 
 def tracestate_ok(value: str) -> bool:

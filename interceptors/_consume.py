@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
@@ -35,6 +36,7 @@ __all__ = ["ConsumeCore", "dedupe_key", "stable_id"]
 log = logging.getLogger(__name__)
 
 PROTOBUF_TYPES = frozenset({"application/protobuf", "application/x-protobuf"})
+JSON = "application/json"
 
 
 class Problem(Exception):  # noqa: N818 - not an error of agentflux: a verdict on a message
@@ -119,7 +121,10 @@ class ConsumeCore:
             event = self._decode(inbound, got)
         except Problem as bad:
             return await self._dead_letter(inbound, span, bad.reason, bad.detail)
-        ctx = got.context
+        try:
+            ctx = payload_context(got.context, event)
+        except Problem as bad:
+            return await self._dead_letter(inbound, span, bad.reason, bad.detail)
         if not got.event_id_given:
             # Redeliveries of an id-less message must share one identity and causation.
             ctx = ctx.with_(event_id=stable_id(inbound.position))
@@ -222,17 +227,38 @@ class ConsumeCore:
             )
         content_type = got.attributes.get("content-type") or inbound.content_type
         media = content_type.split(";", 1)[0].strip().lower()
-        if media and media not in PROTOBUF_TYPES:
+        if media and media not in PROTOBUF_TYPES and media != JSON:
             raise Problem(
                 "UNSUPPORTED_CONTENT_TYPE",
-                f"content-type {content_type[:200]!r}; this consumer reads application/protobuf",
+                f"content-type {content_type[:200]!r}; this consumer reads "
+                "application/protobuf and application/json (proto3 JSON)",
             )
         if not inbound.body:
             raise Problem("EMPTY", "no value (a tombstone or an empty message)")
+        if media == JSON:
+            # Proto3 JSON, as other languages' producers emit it. Fields this version
+            # does not know are skipped, as the binary decoder keeps unknown fields
+            # without failing: a newer producer must not break an older consumer.
+            try:
+                return json_format.Parse(
+                    inbound.body.decode("utf-8"),
+                    contract.message_class(),
+                    ignore_unknown_fields=True,
+                )
+            except (UnicodeDecodeError, json_format.ParseError) as exc:
+                raise Problem(
+                    "UNDECODABLE",
+                    f"not a valid {expected} in proto3 JSON (content-type {media}): "
+                    f"{str(exc)[:300]}",
+                ) from None
         try:
             return contract.message_class.FromString(inbound.body)
         except DecodeError as exc:
-            raise Problem("UNDECODABLE", f"not a valid {expected}: {exc}") from None
+            raise Problem(
+                "UNDECODABLE",
+                f"not a valid {expected} (content-type {media or 'application/protobuf'}, "
+                f"the default): {exc}",
+            ) from None
 
     def _attributes(self, inbound: Inbound, got: Extracted) -> dict[str, Any]:
         attrs: dict[str, Any] = {
@@ -250,6 +276,39 @@ class ConsumeCore:
             attrs["agentflux.attempt"] = inbound.attempt
         attrs.update(context_attributes(got.context))
         return attrs
+
+
+# The context fields a payload may carry too (every contract event and task names its
+# tenant and run), and the header each comes in.
+_PAYLOAD_FIELDS = (("tenant_id", "ce_tenantid"), ("run_id", "ce_runid"))
+
+
+def payload_context(ctx: FluxContext, event: Message) -> FluxContext:
+    """`ctx` completed from the payload: a producer that sent only the CloudEvents
+    attributes still gets its tenant and run bound. A header and the payload that
+    disagree are a CONTEXT_CONFLICT (dead-lettered): neither is silently preferred, since
+    either could be the one a careless or hostile producer got wrong."""
+    fields = event.DESCRIPTOR.fields_by_name
+    found: dict[str, str] = {}
+    for name, header in _PAYLOAD_FIELDS:
+        if name not in fields:
+            continue
+        in_payload = getattr(event, name)
+        in_header = getattr(ctx, name)
+        if not in_payload:
+            continue
+        if in_header and in_header != in_payload:
+            raise Problem(
+                "CONTEXT_CONFLICT",
+                f"header {header} says {in_header[:128]!r} but the payload's {name} is "
+                f"{in_payload[:128]!r}",
+            )
+        if not in_header:
+            try:
+                found[name] = check_id(name, in_payload, tenant=name == "tenant_id")
+            except ContextValueError as bad:
+                raise Problem("INVALID_CONTEXT", f"payload {bad}") from None
+    return ctx.with_(**found) if found else ctx
 
 
 def describe(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ from interceptors._errors import ContextValueError
 __all__ = [
     "FluxContext",
     "bind",
+    "check_event_id",
     "check_id",
     "current",
     "new_id",
@@ -29,6 +30,12 @@ __all__ = [
 # from smuggling separators, control characters or unbounded sizes across hops.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
+# Event ids (`ce_id`, `x-request-id`, and the causation ids that repeat them) are other
+# producers' to choose: CloudEvents allows any non-empty string, and real ones look like
+# `orders/2026/7`. Any printable ASCII is taken (what gRPC metadata can carry on the next
+# hop), bounded; replacing a valid id would break dedupe on redelivery.
+_EVENT_ID = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,254}[\x21-\x7e])?")
+EVENT_ID_MAX = 256
 
 
 def new_id() -> str:
@@ -45,6 +52,16 @@ def check_id(key: str, value: str, *, tenant: bool = False) -> str:
         raise ContextValueError(
             key, "must start with a letter or digit and use only letters, digits and ._:-"
         )
+    return value
+
+
+def check_event_id(key: str, value: str) -> str:
+    """Returns `value` if it is an acceptable event id (1-256 printable ASCII characters,
+    not starting or ending with a space), else raises `ContextValueError`."""
+    if len(value) > EVENT_ID_MAX:
+        raise ContextValueError(key, f"longer than {EVENT_ID_MAX} characters")
+    if not _EVENT_ID.fullmatch(value):
+        raise ContextValueError(key, "must be printable ASCII, not starting or ending with a space")
     return value
 
 

@@ -26,7 +26,7 @@ from interceptors._carriers import (
     tracestate_ok,
     valid_traceparent,
 )
-from interceptors._context import FluxContext, check_id, current, new_id
+from interceptors._context import FluxContext, check_event_id, check_id, current, new_id
 from interceptors._errors import ContextValueError
 
 __all__ = ["Extracted", "cloud_event", "emitted_context", "extract", "inject", "rfc3339"]
@@ -90,7 +90,9 @@ def extract(getter: Getter[C], carrier: C, transport: str, *, strict: bool) -> E
     trace_carrier = carrier
     tp = _one(getter, carrier, TRACEPARENT)
     if tp is not None and not valid_traceparent(tp):
-        bad = ContextValueError(TRACEPARENT, "not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)")
+        bad = ContextValueError(
+            TRACEPARENT, "not a W3C traceparent (<version>-<32 hex>-<16 hex>-<2 hex>)"
+        )
         if strict:
             raise bad
         rejected.append(bad)
@@ -142,6 +144,8 @@ def _parse(field_name: str, key: str, raw: str) -> Any:
         if ms <= 0:
             raise ContextValueError(key, "must be positive epoch milliseconds")
         return ms / 1000.0
+    if field_name in ("event_id", "causation_id"):
+        return check_event_id(key, raw)
     return check_id(key, raw, tenant=field_name == "tenant_id")
 
 

@@ -431,14 +431,22 @@ BAD = [
     ),
     ("no type", tool_task("untyped").SerializeToString(), {}, None, PROTOBUF, "WRONG_TYPE"),
     (
-        "json",
-        b'{"runId": "x", "conversationId": "c"}',
+        "xml",
+        b"<runId>x</runId>",
         {"ce_type": TOOL_TASK},
         None,
-        "application/json",
+        "text/xml",
         "UNSUPPORTED_CONTENT_TYPE",
     ),
     ("empty body", b"", {"ce_type": TOOL_TASK}, None, PROTOBUF, "EMPTY"),
+    (
+        "json of another shape",
+        b'{"runId": ["x"]}',
+        {"ce_type": TOOL_TASK},
+        None,
+        "application/json",
+        "UNDECODABLE",
+    ),
 ]
 
 
@@ -453,6 +461,8 @@ async def test_bad_messages_are_dead_lettered_at_once_with_reasons(kit: Kit) -> 
     # Good ones beside them: typed by the ce_type header, or by the AMQP type property.
     await kit.publish("good")
     await kit.raw(tool_task("typed").SerializeToString(), {}, message_type=TOOL_TASK)
+    # Proto3 JSON, as other languages' producers send it, is read like the binary form.
+    await kit.raw(b'{"runId": "json"}', {"ce_type": TOOL_TASK}, content_type="application/json")
     handled: list[str] = []
 
     async def handle(incoming: Incoming) -> bytes:
@@ -465,9 +475,9 @@ async def test_bad_messages_are_dead_lettered_at_once_with_reasons(kit: Kit) -> 
         lambda: _equals(kit.depth(kit.topo.dead_letter_queue), len(BAD)),
         what="every bad message dead-lettered",
     )
-    await eventually(lambda: _true(len(handled) == 2), what="the good ones handled")
+    await eventually(lambda: _true(len(handled) == 3), what="the good ones handled")
     await stopped(stop, task)
-    assert sorted(handled) == ["good", "typed"]  # never called for a bad one
+    assert sorted(handled) == ["good", "json", "typed"]  # never called for a bad one
     assert consumer.counts[Outcome.DEAD_LETTERED] == len(BAD)
 
     dead = {str(hdrs(m)["x-origin"]): m for m in await kit.dead_letters(len(BAD))}
@@ -482,7 +492,8 @@ async def test_bad_messages_are_dead_lettered_at_once_with_reasons(kit: Kit) -> 
         assert message.content_type == content_type, what
         assert "x-death" not in got, what  # published by the consumer, not rejected
     assert "ToolCalled" in hdrs(dead["bad-1"])["dlq_error"]
-    assert "application/json" in hdrs(dead["bad-3"])["dlq_error"]
+    assert "text/xml" in hdrs(dead["bad-3"])["dlq_error"]
+    assert "application/json" in hdrs(dead["bad-5"])["dlq_error"]
     assert await kit.depths() == dict.fromkeys(kit.queues, 0)
 
 

@@ -234,12 +234,20 @@ POISON = [
         "WRONG_TYPE",
     ),
     (
-        "json",
-        b'{"runId": "x", "conversationId": "c"}',
-        {"ce_type": REQUESTED.encode(), "content-type": b"application/json"},
+        "xml",
+        b"<runId>x</runId>",
+        {"ce_type": REQUESTED.encode(), "content-type": b"text/xml"},
         "UNSUPPORTED_CONTENT_TYPE",
     ),
+    (
+        "json of another shape",
+        b'{"runId": {"not": "a string"}}',
+        {"ce_type": REQUESTED.encode(), "content-type": b"application/json"},
+        "UNDECODABLE",
+    ),
 ]
+# Proto3 JSON (what other languages' producers emit) is read like the binary form.
+GOOD_JSON = b'{"runId": "json-good", "conversationId": "conv-p", "unknownLater": 1}'
 
 
 async def test_poison_records_are_dead_lettered_with_reasons_and_the_partition_moves_on(
@@ -247,6 +255,9 @@ async def test_poison_records_are_dead_lettered_with_reasons_and_the_partition_m
 ) -> None:
     for i, (_, value, hdrs, _) in enumerate(POISON):
         await kit.raw(value, b"conv-p", {**hdrs, "x-origin": f"poison-{i}".encode()})
+    await kit.raw(
+        GOOD_JSON, b"conv-p", {"ce_type": REQUESTED.encode(), "content-type": b"application/json"}
+    )
     await kit.emit("good", "conv-p")
     handled: list[str] = []
 
@@ -256,8 +267,8 @@ async def test_poison_records_are_dead_lettered_with_reasons_and_the_partition_m
 
     consumer = kit.consumer()
     stop, task = await running(consumer, handle, kit)
-    await eventually(lambda: _true(handled == ["good"]))
-    await eventually(lambda: _true(kit.committed() == [len(POISON) + 1]))
+    await eventually(lambda: _true(handled == ["json-good", "good"]))
+    await eventually(lambda: _true(kit.committed() == [len(POISON) + 2]))
     await stopped(stop, task)
     assert consumer.counts[Outcome.DEAD_LETTERED] == len(POISON)
 
@@ -272,7 +283,9 @@ async def test_poison_records_are_dead_lettered_with_reasons_and_the_partition_m
         assert record.value() == value, what  # a tombstone stays one
         assert record.key() == b"conv-p"
     assert b"ToolCalled" in headers(dead[3])["dlq_error"]
-    assert b"application/json" in headers(dead[5])["dlq_error"]
+    assert b"text/xml" in headers(dead[5])["dlq_error"]
+    assert b"proto3 JSON" in headers(dead[6])["dlq_error"]
+    assert b"application/json" in headers(dead[6])["dlq_error"]
 
 
 async def test_header_name_that_is_not_utf8_is_dead_lettered(kit: Kit) -> None:

@@ -637,3 +637,90 @@ async def test_task_with_pending_claim_is_not_acked_then_is_handled(
     assert await queue_count(kit, kit.topo.queue) == 0
     decided = await other.begin(claim_key("run-1:0:call"))
     assert (decided.new, decided.pending, decided.outcome) == (False, False, b"worked")
+
+
+# -- 4. what other producers may send -------------------------------------------------------
+
+
+async def test_a_foreign_producers_cloud_event_keeps_its_id_and_trace_and_dedupes(
+    kit: Kit, redis: Any
+) -> None:
+    # A producer in another language: only the CloudEvents attributes, an id in its own
+    # format and a traceparent of a later W3C version. Delivered twice (a redelivery).
+    trace_id, span_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    topic = kit.topic()
+    foreign = [
+        ("ce_specversion", b"1.0"),
+        ("ce_type", REQUESTED.encode()),
+        ("ce_source", b"/billing/orders"),
+        ("ce_id", b"orders/2026/7"),
+        ("content-type", b"application/protobuf"),
+        ("traceparent", f"01-{trace_id}-{span_id}-01-future".encode()),
+    ]
+    payload = requested("conv-foreign").SerializeToString()
+    for _ in range(2):
+        await kit.producer.produce(topic, payload, key=b"conv-foreign", headers=foreign)
+    kafka = kit.consumer("planner", topic)
+    records = await consume_n(kafka, 2)
+    consumer = EventConsumer(
+        kafka,
+        kit.telemetry,
+        group="planner",
+        dead_letters=kit.producer,
+        guard=IdempotencyGuard(redis, namespace=f"{kit.prefix}planner"),
+        topic_prefix=kit.prefix,
+    )
+    seen = Observed()
+
+    async def plan(incoming: Incoming) -> bytes:
+        ctx = current()
+        assert ctx is not None
+        seen.bound.append(ctx)
+        seen.calls += 1
+        return b"planned"
+
+    outcomes = [await consumer.handle(record, plan) for record in records]
+    assert outcomes[0] == Outcome.HANDLED
+    assert seen.calls == 1  # the second copy is the same event (source + id): not re-run
+    (ctx,) = seen.bound
+    assert ctx.event_id == "orders/2026/7"
+    process = [s for s in kit.spans() if s.name == f"process {topic}"]
+    assert process
+    assert all(f"{s.context.trace_id:032x}" == trace_id for s in process if s.context)
+
+
+async def test_tenant_and_run_come_from_the_payload_and_a_conflict_is_dead_lettered(
+    kit: Kit,
+) -> None:
+    topic = kit.topic()
+    base = [("ce_type", REQUESTED.encode()), ("ce_source", b"/go/producer")]
+    event = requested("conv-payload", run_id="run-from-payload")
+    event.tenant_id = "acme"
+    payload = event.SerializeToString()
+    await kit.producer.produce(topic, payload, key=b"conv-payload", headers=base)
+    conflicting = [*base, ("ce_tenantid", b"globex")]
+    await kit.producer.produce(topic, payload, key=b"conv-payload", headers=conflicting)
+    kafka = kit.consumer("planner", topic)
+    first, second = await consume_n(kafka, 2)
+    consumer = EventConsumer(
+        kafka, kit.telemetry, group="planner", dead_letters=kit.producer, topic_prefix=kit.prefix
+    )
+    seen = Observed()
+
+    async def plan(incoming: Incoming) -> bytes:
+        ctx = current()
+        assert ctx is not None
+        seen.bound.append(ctx)
+        return b"planned"
+
+    assert await consumer.handle(first, plan) == Outcome.HANDLED
+    (ctx,) = seen.bound
+    assert (ctx.tenant_id, ctx.run_id) == ("acme", "run-from-payload")
+    assert await consumer.handle(second, plan) == Outcome.DEAD_LETTERED
+    assert len(seen.bound) == 1
+    (dead,) = await consume_n(kit.consumer("dlq", kit.topic("agent.dlq")), 1)
+    got = dict(headers_of(dead))
+    assert got["dlq_reason"] == b"CONTEXT_CONFLICT"
+    assert b"globex" in got["dlq_error"]
+    assert b"acme" in got["dlq_error"]
+    assert dead.value() == payload

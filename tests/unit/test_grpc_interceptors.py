@@ -369,7 +369,7 @@ async def test_client_interceptor_keeps_the_callers_other_metadata(rig: Rig) -> 
     [
         ("x-correlation-id", "c" * 300),
         ("x-tenant-id", "acme corp"),
-        ("x-request-id", "req/1"),
+        ("x-request-id", "r" * 257),
         ("traceparent", "00-not-a-trace"),
         ("traceparent", f"00-{TRACE_ID}-{SPAN_ID}"),
     ],

@@ -243,8 +243,9 @@ BROKEN_TRACEPARENTS = [
     f"ff-{TRACE_ID}-{SPAN_ID}-01",  # version ff is forbidden
     f"00-{TRACE_ID.upper()}-{SPAN_ID}-01",
     f"00-{'0' * 32}-{SPAN_ID}-01",
-    # OpenTelemetry itself would accept these two; agentflux only takes version 00 as sent.
-    f"01-{TRACE_ID}-{SPAN_ID}-01-extra",
+    f"00-{TRACE_ID}-{SPAN_ID}-01-extra",  # version 00 has exactly four fields
+    f"01-{TRACE_ID}-{SPAN_ID}-01extra",  # a later version's extra fields follow a `-`
+    f"01-{TRACE_ID}-{SPAN_ID}",  # ... after the four every version has
     f" 00-{TRACE_ID}-{SPAN_ID}-01 ",
 ]
 
@@ -257,7 +258,7 @@ def _lenient_cases() -> list[Any]:
             ("correlation_id", key_of("correlation_id", transport), "corr\r\nx-evil: 1"),
             ("tenant_id", key_of("tenant_id", transport), "acme corp"),
             ("tenant_id", key_of("tenant_id", transport), "acme:other-tenant"),
-            ("causation_id", key_of("causation_id", transport), "evt 0"),
+            ("causation_id", key_of("causation_id", transport), "evt\n0"),
             ("idempotency_key", key_of("idempotency_key", transport), "k" * 129),
             ("run_id", key_of("run_id", transport), "run/7"),
             ("event_id", key_of("event_id", transport), "évt-1"),
@@ -357,12 +358,12 @@ def test_lenient_mode_reports_every_bad_value_at_once(transport: str) -> None:
         ("x-correlation-id", "c" * 300),
         ("x-correlation-id", "has space"),
         ("x-tenant-id", "acme corp"),
-        ("x-request-id", "req/1"),
+        ("x-request-id", "r" * 257),
         ("x-causation-id", "évt"),
         ("idempotency-key", "k" * 129),
         ("x-run-id", "-run"),
         ("traceparent", f"00-{TRACE_ID}-{SPAN_ID}"),
-        ("traceparent", f"01-{TRACE_ID}-{SPAN_ID}-01-extra"),
+        ("traceparent", f"00-{TRACE_ID}-{SPAN_ID}-01-extra"),
         ("tracestate", "a=" + "x" * 600),
     ],
 )
@@ -411,3 +412,46 @@ def test_a_malformed_idempotency_key_is_refused_at_the_producer() -> None:
 
     with pytest.raises(ContextValueError):
         emitted_context(events_pb2.AgentRequested(conversation_id="c"), "key with spaces")
+
+
+# --- what the standards allow other producers to send -----------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize(
+    "event_id",
+    ["orders/2026/7", "urn:uuid:5d3c", "a b", "x" * 256, "{json}"],
+)
+def test_any_printable_event_id_is_kept_as_sent(
+    telemetry: Telemetry, transport: str, event_id: str
+) -> None:
+    ctx = full_context()
+    carrier, _ = sent(telemetry, transport, ctx)
+    put(transport, carrier, key_of("event_id", transport), event_id)
+    put(transport, carrier, key_of("causation_id", transport), event_id)
+    got = received(transport, carrier)
+    assert got.rejected == []
+    assert got.event_id_given
+    assert got.context.event_id == event_id
+    assert got.context.causation_id == event_id
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        f"01-{TRACE_ID}-{SPAN_ID}-01",
+        f"01-{TRACE_ID}-{SPAN_ID}-01-what-version-1-adds",
+        f"cc-{TRACE_ID}-{SPAN_ID}-00-x",
+    ],
+)
+def test_a_later_traceparent_version_continues_the_trace(
+    telemetry: Telemetry, transport: str, traceparent: str
+) -> None:
+    carrier, _ = sent(telemetry, transport, full_context())
+    put(transport, carrier, "traceparent", traceparent)
+    got = received(transport, carrier)
+    assert got.rejected == []
+    parent = parent_span(got.trace_parent)
+    assert format(parent.trace_id, "032x") == TRACE_ID
+    assert format(parent.span_id, "016x") == SPAN_ID
