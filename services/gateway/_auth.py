@@ -31,6 +31,7 @@ from opentelemetry import trace
 from interceptors import FluxContext, Unauthenticated, Unavailable, bind, current
 from services.gateway._limits import RateLimiter
 from services.runtime.apikeys import ApiKeyStore
+from services.runtime.bearer import CREDENTIAL_KEYS
 from services.runtime.config import Settings
 
 __all__ = ["EXEMPT", "AuthInterceptor", "Authenticator", "auth_interceptor", "presented_key"]
@@ -58,7 +59,7 @@ def presented_key(metadata: Iterable[tuple[str, Any]]) -> str:
     Bearer, or two different keys)."""
     keys: set[str] = set()
     for name, value in metadata:
-        if name not in ("authorization", "x-api-key") or not isinstance(value, str):
+        if name not in CREDENTIAL_KEYS or not isinstance(value, str):
             continue
         if name == "authorization":
             scheme, _, value = value.strip().partition(" ")

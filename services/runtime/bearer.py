@@ -11,9 +11,10 @@ from typing import Any
 
 import grpc
 
-__all__ = ["api_key_interceptors", "key_metadata"]
+__all__ = ["CREDENTIAL_KEYS", "api_key_interceptors", "key_metadata"]
 
-_CREDENTIAL_KEYS = ("authorization", "x-api-key")
+# The metadata keys that carry an API key (docs/wire-protocol.md lists them).
+CREDENTIAL_KEYS = ("authorization", "x-api-key")
 
 
 def key_metadata(key: str) -> tuple[tuple[str, str], ...]:
@@ -27,7 +28,7 @@ class _Present:
 
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         own = list(details.metadata or ())
-        if any(k in _CREDENTIAL_KEYS for k, _ in own):
+        if any(k in CREDENTIAL_KEYS for k, _ in own):
             return details
         return grpc.aio.ClientCallDetails(
             details.method,

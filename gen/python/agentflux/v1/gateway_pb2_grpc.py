@@ -51,10 +51,11 @@ class AgentGatewayStub:
     when absent. Echoed in the initial response metadata.
     idempotency-key   carried to every event and task the call causes.
     x-tenant-id       the tenant when credentials are off (a local deployment);
-    with an API key, the key's tenant (a different one is refused).
+    with an API key, ignored: the key alone names the tenant.
     traceparent, tracestate
     W3C trace context; the call's span continues that trace.
-    A malformed value is refused with INVALID_ARGUMENT naming the key.
+    A malformed value is refused with INVALID_ARGUMENT naming the key. Every key and
+    its format: docs/wire-protocol.md.
 
     Reading what you wrote: as soon as `Submit` returns, `GetRun`, `StreamRun` and
     `ListRuns` find the run (never NOT_FOUND); once a stream delivered `finished`,
@@ -144,10 +145,11 @@ class AgentGatewayServicer:
     when absent. Echoed in the initial response metadata.
     idempotency-key   carried to every event and task the call causes.
     x-tenant-id       the tenant when credentials are off (a local deployment);
-    with an API key, the key's tenant (a different one is refused).
+    with an API key, ignored: the key alone names the tenant.
     traceparent, tracestate
     W3C trace context; the call's span continues that trace.
-    A malformed value is refused with INVALID_ARGUMENT naming the key.
+    A malformed value is refused with INVALID_ARGUMENT naming the key. Every key and
+    its format: docs/wire-protocol.md.
 
     Reading what you wrote: as soon as `Submit` returns, `GetRun`, `StreamRun` and
     `ListRuns` find the run (never NOT_FOUND); once a stream delivered `finished`,
@@ -315,10 +317,11 @@ class AgentGateway:
     when absent. Echoed in the initial response metadata.
     idempotency-key   carried to every event and task the call causes.
     x-tenant-id       the tenant when credentials are off (a local deployment);
-    with an API key, the key's tenant (a different one is refused).
+    with an API key, ignored: the key alone names the tenant.
     traceparent, tracestate
     W3C trace context; the call's span continues that trace.
-    A malformed value is refused with INVALID_ARGUMENT naming the key.
+    A malformed value is refused with INVALID_ARGUMENT naming the key. Every key and
+    its format: docs/wire-protocol.md.
 
     Reading what you wrote: as soon as `Submit` returns, `GetRun`, `StreamRun` and
     `ListRuns` find the run (never NOT_FOUND); once a stream delivered `finished`,

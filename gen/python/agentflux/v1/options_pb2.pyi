@@ -20,7 +20,11 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class EventOptions(_message.Message):
-    """Where an event travels: the Kafka topic that carries it and the field of the
+    """The options below say where each message travels. What travels around it (the
+    context and CloudEvents headers, content types, keys and dead letters, for any
+    producer or consumer in any language) is the wire protocol: docs/wire-protocol.md.
+
+    Where an event travels: the Kafka topic that carries it and the field of the
     message whose value is the record key. The key decides the partition, so it must
     be a field whose value keeps related events in order (the conversation id), never
     the tenant id, which would pin a busy tenant to one partition.
