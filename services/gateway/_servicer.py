@@ -10,9 +10,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import redis.exceptions
@@ -72,6 +72,7 @@ MAX_REASON_BYTES = 1024
 CANCEL_SLACK_S = 2.0
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @contextmanager
@@ -80,6 +81,29 @@ def _store_reachable() -> Iterator[None]:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise Unavailable("the run store (Redis) is unreachable", retry_after=1.0) from exc
+
+
+async def _unless(gone: asyncio.Event, read: Awaitable[T]) -> T | None:
+    """The result of `read`, or None as soon as `gone` is set (the read is cancelled:
+    redis-py then drops the connection it was reading on, which returns it to the
+    pool)."""
+    reading = asyncio.ensure_future(read)
+    if gone.is_set():
+        reading.cancel()
+    else:
+        waiting = asyncio.ensure_future(gone.wait())
+        try:
+            await asyncio.wait({reading, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+        if reading.done():
+            return reading.result()
+        reading.cancel()
+    # Bounded: a cancel that lands inside a Redis command can be absorbed by its retry.
+    await asyncio.wait({reading}, timeout=STREAM_BLOCK_MS / 1000)
+    if reading.done() and not reading.cancelled():
+        reading.exception()  # retrieved: a read failing as it is dropped is no news
+    return None
 
 
 class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
@@ -212,16 +236,28 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
                 return
             block: int | None = None  # the first read never waits: see below
             trusted = False  # the caller's `after` is checked once; later ones are ours
+            # gRPC tells a streaming handler that its caller left only when it writes;
+            # a stream of a quiet run would hold its Redis connection until the run
+            # ends. The end of the call is watched instead, and stops the read.
+            gone = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            context.add_done_callback(lambda _: loop.call_soon_threadsafe(gone.set))
             while True:
                 try:
-                    batch = await self.streams.read_events(
-                        tenant, run_id, after, block_ms=block, trusted=trusted
+                    got = await _unless(
+                        gone,
+                        self.streams.read_events(
+                            tenant, run_id, after, block_ms=block, trusted=trusted
+                        ),
                     )
                 except StreamGapError:
                     raise OutOfRange(
                         f"after_event_id {after} is not an event of run {run_id}",
                         metadata={"run_id": run_id},
                     ) from None
+                if got is None:
+                    return  # the caller left: nothing more to send, the connection goes back
+                batch = got
                 block = STREAM_BLOCK_MS
                 trusted = True
                 if not batch:
@@ -234,11 +270,6 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
                             if run is None:
                                 raise self._no_events(None, run_id)
                             return
-                    elif context.done():
-                        # The caller went away while nothing happened: gRPC tells a
-                        # streaming handler only when it writes, so it is asked here,
-                        # after each quiet read, and the stream's connection goes back.
-                        return
                     else:
                         continue  # quiet for a while (a run waiting for a person): wait on
                 for event in batch:
