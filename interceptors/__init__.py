@@ -59,7 +59,7 @@ if TYPE_CHECKING:
         is_retryable,
     )
     from interceptors._grpc_client import client_interceptors
-    from interceptors._grpc_server import ServerContextInterceptor, status_of
+    from interceptors._grpc_server import ServerContextInterceptor, status_of, wrap_handler
     from interceptors._idempotency import Claim, GuardStats, IdempotencyGuard
     from interceptors._kafka_consumer import EventConsumer
     from interceptors._kafka_producer import EventProducer
@@ -114,6 +114,7 @@ _EXPORTS: dict[str, str] = {
     "new_id": "_context",
     "status_of": "_grpc_server",
     "uninstrument_caches": "_cache",
+    "wrap_handler": "_grpc_server",
 }
 
 __all__ = [
@@ -160,6 +161,7 @@ __all__ = [
     "new_id",
     "status_of",
     "uninstrument_caches",
+    "wrap_handler",
 ]
 
 

@@ -13,7 +13,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -31,7 +31,7 @@ from interceptors._telemetry import Telemetry, serving
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ServerContextInterceptor", "status_of"]
+__all__ = ["ServerContextInterceptor", "status_of", "wrap_handler"]
 
 if TYPE_CHECKING:
     # Generic only in the type stubs: subscripting grpc.RpcMethodHandler at run time
@@ -45,6 +45,47 @@ _FACTORIES: dict[str, Callable[..., Handler]] = {
     "stream_stream": grpc.stream_stream_rpc_method_handler,
 }
 _ECHO = {k.field: k.grpc for k in CONTEXT_KEYS if k.field in ("correlation_id", "event_id")}
+
+
+def wrap_handler(
+    handler: Handler, around: Callable[[Context], AbstractAsyncContextManager[Any]]
+) -> Handler:
+    """`handler` (of any arity) with each call run inside `around(context)`: what a
+    server interceptor needs to act around the call itself, in its task and context,
+    rather than only before the handler is looked up."""
+    for kind, factory in _FACTORIES.items():
+        behavior = getattr(handler, kind)
+        if behavior is not None:
+            new: Handler = factory(
+                _around(behavior, around, streaming=handler.response_streaming),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+            return new
+    return handler
+
+
+def _around(
+    behavior: Any, around: Callable[[Context], AbstractAsyncContextManager[Any]], *, streaming: bool
+) -> Any:
+    if streaming:
+
+        async def stream(request: Any, context: Context) -> Any:
+            async with around(context):
+                result = behavior(request, context)
+                if inspect.isasyncgen(result):
+                    async for response in result:
+                        yield response
+                else:  # a coroutine that writes with context.write()
+                    await result
+
+        return stream
+
+    async def unary(request: Any, context: Context) -> Any:
+        async with around(context):
+            return await behavior(request, context)
+
+    return unary
 
 
 def _pack(message: Any) -> any_pb2.Any:
@@ -101,37 +142,7 @@ class ServerContextInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method: str = details.method
-        for kind, factory in _FACTORIES.items():
-            behavior = getattr(handler, kind)
-            if behavior is not None:
-                wrapped = self._wrap(behavior, method, streaming=handler.response_streaming)
-                new: Handler = factory(
-                    wrapped,
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-                return new
-        return handler
-
-    def _wrap(self, behavior: Any, method: str, *, streaming: bool) -> Any:
-        if streaming:
-
-            async def stream(request: Any, context: Context) -> Any:
-                async with self._call(method, context):
-                    result = behavior(request, context)
-                    if inspect.isasyncgen(result):
-                        async for response in result:
-                            yield response
-                    else:  # a coroutine that writes with context.write()
-                        await result
-
-            return stream
-
-        async def unary(request: Any, context: Context) -> Any:
-            async with self._call(method, context):
-                return await behavior(request, context)
-
-        return unary
+        return wrap_handler(handler, lambda context: self._call(method, context))
 
     @asynccontextmanager
     async def _call(self, method: str, context: Context) -> AsyncIterator[Span]:

@@ -13,7 +13,6 @@ from interceptors import EventConsumer, EventProducer, IdempotencyGuard, Incomin
 from services.models import TEMPLATES, ComposeRequest, ModelProvider, provider
 from services.runs import (
     TERMINAL,
-    BudgetExceededError,
     RunEnder,
     RunStore,
     TokenBudget,
@@ -136,10 +135,7 @@ class ComposerService(Service):
             *ask.memory,
             *(r.SerializeToString() for r in (*ask.results, *ask.earlier_results)),
         )
-        try:
-            await self.budget.reserve(run, marker, estimate)
-        except BudgetExceededError as over:
-            await self.ender.fail(run, step, str(over))
+        if not await self.ender.within_budget(run, step, marker, estimate):
             return b"over budget"
         composition = await self.model.compose(ask)
         if composition.next_step and step + 1 < run.limits.max_steps:

@@ -18,9 +18,9 @@ Health checking and reflection never need a key (load balancers and grpcurl `lis
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -28,7 +28,14 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from opentelemetry import trace
 
-from interceptors import FluxContext, Unauthenticated, Unavailable, bind, current
+from interceptors import (
+    FluxContext,
+    Unauthenticated,
+    Unavailable,
+    bind,
+    current,
+    wrap_handler,
+)
 from services.gateway._limits import RateLimiter
 from services.runtime.apikeys import ApiKeyStore
 from services.runtime.bearer import CREDENTIAL_KEYS
@@ -46,12 +53,6 @@ NEED_KEY = (
     "a valid API key is required: send `authorization: Bearer <key>` or `x-api-key: <key>` "
     "(an operator makes one with `agentflux tenants add TENANT`)"
 )
-_FACTORIES: dict[str, Callable[..., Any]] = {
-    "unary_unary": grpc.unary_unary_rpc_method_handler,
-    "unary_stream": grpc.unary_stream_rpc_method_handler,
-    "stream_unary": grpc.stream_unary_rpc_method_handler,
-    "stream_stream": grpc.stream_stream_rpc_method_handler,
-}
 
 
 def presented_key(metadata: Iterable[tuple[str, Any]]) -> str:
@@ -138,44 +139,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method: str = details.method
         if handler is None or method.startswith(EXEMPT):
             return handler
-        for kind, factory in _FACTORIES.items():
-            behavior = getattr(handler, kind)
-            if behavior is not None:
-                new: Handler = factory(
-                    self._wrap(behavior, streaming=handler.response_streaming),
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-                return new
-        return handler
+        return wrap_handler(handler, self._bound)
 
-    async def _context(self, context: Any) -> FluxContext:
+    @asynccontextmanager
+    async def _bound(self, context: Any) -> AsyncIterator[None]:
         metadata = tuple(context.invocation_metadata() or ())
         ctx = await self.authenticator.context(metadata, current() or FluxContext.new())
         # Counted once the tenant is known: a flood of bad keys costs no tenant its quota.
         if self.limiter is not None:
             await self.limiter.admit(ctx.tenant_id)
-        return ctx
-
-    def _wrap(self, behavior: Any, *, streaming: bool) -> Any:
-        if streaming:
-
-            async def stream(request: Any, context: Any) -> Any:
-                with bind(await self._context(context)):
-                    result = behavior(request, context)
-                    if inspect.isasyncgen(result):
-                        async for response in result:
-                            yield response
-                    else:  # a coroutine that writes with context.write()
-                        await result
-
-            return stream
-
-        async def unary(request: Any, context: Any) -> Any:
-            with bind(await self._context(context)):
-                return await behavior(request, context)
-
-        return unary
+        with bind(ctx):
+            yield
 
 
 def auth_interceptor(settings: Settings, redis: aioredis.Redis) -> AuthInterceptor:

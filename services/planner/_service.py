@@ -20,7 +20,7 @@ from interceptors import (
     Telemetry,
 )
 from services.models import ModelProvider, PlannedCall, PlanRequest, ToolOffer, provider
-from services.runs import BudgetExceededError, RunEnder, RunStore, TokenBudget, estimate_tokens
+from services.runs import RunEnder, RunStore, TokenBudget, estimate_tokens
 from services.runtime.adapters.kafka import KafkaConsumer
 from services.runtime.cache import ReadThroughCache
 from services.runtime.flags import FeatureFlags
@@ -139,10 +139,7 @@ class PlannerService(Service):
         estimate = estimate_tokens(
             run.prompt, *ask.memory, *(r.SerializeToString() for r in ask.previous_results)
         )
-        try:
-            await self.budget.reserve(run, marker, estimate)
-        except BudgetExceededError as over:
-            await self.ender.fail(run, step, str(over))
+        if not await self.ender.within_budget(run, step, marker, estimate):
             return b"over budget"
         plan = await self.model.plan(ask)
         await self.budget.settle(run, marker, plan.usage)

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from agentflux.v1 import events_pb2, gateway_pb2, types_pb2
 
 from interceptors import EventProducer
-from services.runs._budget import TokenBudget
+from services.runs._budget import BudgetExceededError, TokenBudget
 from services.runs._store import Finished, RunStore, completion_of
 
 __all__ = ["RunEnder"]
@@ -36,6 +36,21 @@ class RunEnder:
         self.store = store
         self.events = events
         self.budget = budget  # an ended run's unsettled reservations go back to its tenant
+
+    async def within_budget(
+        self, run: types_pb2.Run, step: int, marker: str, estimate: int
+    ) -> bool:
+        """Reserves `estimate` tokens for the model call `marker` of `run`; when the
+        tenant's or the run's budget cannot cover it, ends the run FAILED naming the
+        budget and returns False (the caller asks the model nothing)."""
+        if self.budget is None:
+            return True
+        try:
+            await self.budget.reserve(run, marker, estimate)
+        except BudgetExceededError as over:
+            await self.fail(run, step, str(over))
+            return False
+        return True
 
     async def answer(
         self, run: types_pb2.Run, step: int, deltas: AsyncIterator[str]
