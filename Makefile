@@ -12,7 +12,13 @@ STAMP := $(VENV)/.installed
 # Command-line tools the tests drive as a user would, installed from the Go module proxy.
 TOOLS := .tools/bin
 GRPCURL_VERSION := v1.9.4
-BASELINE := proto/published/agentflux-v1.binpb
+# The code generators behind buf.gen.yaml, pinned: each generated tree in gen/ names them.
+GO_PROTOBUF_VERSION := v1.36.12
+GO_GRPC_PLUGIN_VERSION := v1.6.2
+PROTOC_VERSION := 4.36.2
+GRPC_JAVA_PLUGIN_VERSION := 1.83.1
+GENERATORS := $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc $(TOOLS)/protoc \
+  $(TOOLS)/protoc-gen-grpc-java gen/ts/node_modules/.package-lock.json
 TYPED := services $(wildcard interceptors)
 
 .PHONY: help venv tools gen gen-check publish-contract lint fmt typecheck stack-up stack-down stack-status demo test test-unit test-integration bench bench-hops bench-guard bench-consumers bench-runs clean
@@ -28,23 +34,53 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create .venv and install agentflux with its dev extras
 
-$(TOOLS)/grpcurl:
+# Each tool is rebuilt when its pinned version changes (the stamp names the version).
+$(TOOLS)/grpcurl: $(TOOLS)/.grpcurl-$(GRPCURL_VERSION)
+$(TOOLS)/.grpcurl-$(GRPCURL_VERSION):
 	GOBIN=$(CURDIR)/$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+	@touch $@
 
-tools: $(TOOLS)/grpcurl ## Install the CLI tools the tests use (grpcurl) into .tools/bin
+$(TOOLS)/protoc-gen-go: $(TOOLS)/.protoc-gen-go-$(GO_PROTOBUF_VERSION)
+$(TOOLS)/.protoc-gen-go-$(GO_PROTOBUF_VERSION):
+	GOBIN=$(CURDIR)/$(TOOLS) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(GO_PROTOBUF_VERSION)
+	@touch $@
 
-gen: $(STAMP) ## Regenerate gen/python from proto/
+$(TOOLS)/protoc-gen-go-grpc: $(TOOLS)/.protoc-gen-go-grpc-$(GO_GRPC_PLUGIN_VERSION)
+$(TOOLS)/.protoc-gen-go-grpc-$(GO_GRPC_PLUGIN_VERSION):
+	GOBIN=$(CURDIR)/$(TOOLS) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(GO_GRPC_PLUGIN_VERSION)
+	@touch $@
+
+$(TOOLS)/protoc: $(TOOLS)/.protoc-$(PROTOC_VERSION)
+$(TOOLS)/.protoc-$(PROTOC_VERSION):
+	scripts/fetch-maven-exe com.google.protobuf:protoc:$(PROTOC_VERSION) $(TOOLS)/protoc
+	@touch $@
+
+$(TOOLS)/protoc-gen-grpc-java: $(TOOLS)/.protoc-gen-grpc-java-$(GRPC_JAVA_PLUGIN_VERSION)
+$(TOOLS)/.protoc-gen-grpc-java-$(GRPC_JAVA_PLUGIN_VERSION):
+	scripts/fetch-maven-exe io.grpc:protoc-gen-grpc-java:$(GRPC_JAVA_PLUGIN_VERSION) $(TOOLS)/protoc-gen-grpc-java
+	@touch $@
+
+# protoc-gen-es is a devDependency of the TypeScript package, pinned by its lock file.
+gen/ts/node_modules/.package-lock.json: gen/ts/package-lock.json
+	npm ci --prefix gen/ts --no-audit --no-fund
+
+tools: $(TOOLS)/grpcurl $(GENERATORS) ## Install grpcurl and the pinned code generators (Go, npm, Maven) into .tools/bin
+
+gen: $(STAMP) $(GENERATORS) ## Regenerate gen/ (Python, Go, TypeScript, Java) from proto/
 	buf format -w
-	scripts/gen-python gen/python
+	scripts/gen
 
-gen-check: $(STAMP) ## Fail when gen/ or proto formatting is stale, lint fails, or a change breaks the published contract
+gen-check: $(STAMP) $(GENERATORS) ## Fail when gen/ or proto formatting is stale, lint fails, or a change breaks a released contract
 	buf lint
 	buf format --diff --exit-code
-	buf breaking --against $(BASELINE)
+	scripts/contract-check
 	scripts/gen-check
 
-publish-contract: $(STAMP) ## Make the current contracts the baseline `buf breaking` compares against
-	buf build -o $(BASELINE)
+publish-contract: $(STAMP) ## Release the contracts as VERSION (make publish-contract VERSION=1.2): the new baseline of `buf breaking`, and its golden records
+	@test -n "$(VERSION)" || { echo "name the release: make publish-contract VERSION=1.2" >&2; exit 1; }
+	@test ! -e proto/published/agentflux-v$(VERSION).binpb || { echo "release v$(VERSION) is already published" >&2; exit 1; }
+	buf build -o proto/published/agentflux-v$(VERSION).binpb
+	python -m tests.golden v$(VERSION)
 
 lint: $(STAMP) ## ruff (lint and format check), mypy, and the import layers (import-linter)
 	ruff check .

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BASELINE = "proto/published/agentflux-v1.binpb"
+BASELINE = "proto/published/agentflux-v1.1.binpb"
 EVENTS = "proto/agentflux/v1/events.proto"
 TYPES = "proto/agentflux/v1/types.proto"
 # The venv's bin (not resolved: the venv's python is a symlink out of the venv).
@@ -172,8 +172,19 @@ def test_lint_refuses(contracts: Path, text: str, expected: list[str]) -> None:
 def checkout(contracts: Path) -> Path:
     """The parts of the repo `scripts/gen-check` reads, copied to tmp_path."""
     _buf()  # fail with the clear message rather than a shell's "command not found"
+    generators = [REPO / ".tools/bin/protoc", REPO / "gen/ts/node_modules/.bin/protoc-gen-es"]
+    if not all(tool.exists() for tool in generators):
+        pytest.fail("the code generators are not installed: run `make tools`", pytrace=False)
+    shutil.copy2(REPO / "buf.gen.yaml", contracts / "buf.gen.yaml")
     shutil.copytree(REPO / "scripts", contracts / "scripts")
-    shutil.copytree(REPO / "gen", contracts / "gen", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "gen",
+        contracts / "gen",
+        ignore=shutil.ignore_patterns("__pycache__", "node_modules", "dist", "target"),
+    )
+    # The generators themselves are the checkout's (installed by `make tools`).
+    (contracts / ".tools").symlink_to(REPO / ".tools")
+    (contracts / "gen/ts/node_modules").symlink_to(REPO / "gen/ts/node_modules")
     return contracts
 
 
@@ -209,9 +220,29 @@ def _change_proto_without_regenerating(root: Path) -> None:
     )
 
 
+def _edit_go(root: Path) -> None:
+    _append(root / "gen/go/agentflux/v1/events.pb.go", "// edited by hand\n")
+
+
+def _delete_java(root: Path) -> None:
+    (root / "gen/java/src/main/java/dev/agentflux/v1/AgentRequested.java").unlink()
+
+
+def _edit_typescript(root: Path) -> None:
+    _append(root / "gen/ts/src/agentflux/v1/gateway_pb.ts", "// edited by hand\n")
+
+
 @pytest.mark.parametrize(
     "change",
-    [_edit_generated, _delete_generated, _add_stray_file, _change_proto_without_regenerating],
+    [
+        _edit_generated,
+        _delete_generated,
+        _add_stray_file,
+        _change_proto_without_regenerating,
+        _edit_go,
+        _delete_java,
+        _edit_typescript,
+    ],
 )
 def test_gen_check_fails_on_stale_code(checkout: Path, change: Callable[[Path], None]) -> None:
     change(checkout)

@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 from agentflux.v1 import gateway_pb2 as agentflux_dot_v1_dot_gateway__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61gentflux/v1/index.proto\x12\x0c\x61gentflux.v1\x1a\x1a\x61gentflux/v1/gateway.proto\"\xac\x01\n\x12SearchIndexRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x14\n\x05query\x18\x02 \x01(\tR\x05query\x12\x1b\n\tpage_size\x18\x03 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x04 \x01(\tR\tpageToken\x12\'\n\x0f\x63onversation_id\x18\x05 \x01(\tR\x0e\x63onversationId\"s\n\x13SearchIndexResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32\x1a.agentflux.v1.SearchResultR\x07results\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2j\n\x14ResponseIndexService\x12R\n\x0bSearchIndex\x12 .agentflux.v1.SearchIndexRequest\x1a!.agentflux.v1.SearchIndexResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61gentflux/v1/index.proto\x12\x0c\x61gentflux.v1\x1a\x1a\x61gentflux/v1/gateway.proto\"\xac\x01\n\x12SearchIndexRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x14\n\x05query\x18\x02 \x01(\tR\x05query\x12\x1b\n\tpage_size\x18\x03 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x04 \x01(\tR\tpageToken\x12\'\n\x0f\x63onversation_id\x18\x05 \x01(\tR\x0e\x63onversationId\"s\n\x13SearchIndexResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32\x1a.agentflux.v1.SearchResultR\x07results\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2j\n\x14ResponseIndexService\x12R\n\x0bSearchIndex\x12 .agentflux.v1.SearchIndexRequest\x1a!.agentflux.v1.SearchIndexResponseB\xaf\x01\n\x10\x64\x65v.agentflux.v1B\nIndexProtoP\x01Z>github.com/agentflux/agentflux/gen/go/agentflux/v1;agentfluxv1\xa2\x02\x03\x41\x46X\xaa\x02\x0c\x41gentflux.V1\xca\x02\x0c\x41gentflux\\V1\xe2\x02\x18\x41gentflux\\V1\\GPBMetadata\xea\x02\rAgentflux::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentflux.v1.index_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\020dev.agentflux.v1B\nIndexProtoP\001Z>github.com/agentflux/agentflux/gen/go/agentflux/v1;agentfluxv1\242\002\003AFX\252\002\014Agentflux.V1\312\002\014Agentflux\\V1\342\002\030Agentflux\\V1\\GPBMetadata\352\002\rAgentflux::V1'
   _globals['_SEARCHINDEXREQUEST']._serialized_start=71
   _globals['_SEARCHINDEXREQUEST']._serialized_end=243
   _globals['_SEARCHINDEXRESPONSE']._serialized_start=245

@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61gentflux/v1/options.proto\x12\x0c\x61gentflux.v1\x1a google/protobuf/descriptor.proto\"A\n\x0c\x45ventOptions\x12\x14\n\x05topic\x18\x01 \x01(\tR\x05topic\x12\x1b\n\tkey_field\x18\x02 \x01(\tR\x08keyField\"\x8e\x01\n\x0bTaskOptions\x12\x14\n\x05queue\x18\x01 \x01(\tR\x05queue\x12\x1a\n\x08\x65xchange\x18\x02 \x01(\tR\x08\x65xchange\x12!\n\x0cmax_priority\x18\x03 \x01(\rR\x0bmaxPriority\x12*\n\x11\x64\x65\x61\x64_letter_queue\x18\x04 \x01(\tR\x0f\x64\x65\x61\x64LetterQueue:S\n\x05\x65vent\x12\x1f.google.protobuf.MessageOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x1a.agentflux.v1.EventOptionsR\x05\x65vent:P\n\x04task\x12\x1f.google.protobuf.MessageOptions\x18\xba\x8e\x03 \x01(\x0b\x32\x19.agentflux.v1.TaskOptionsR\x04task:J\n\x11\x64\x65\x61\x64_letter_topic\x12\x1c.google.protobuf.FileOptions\x18\xbb\x8e\x03 \x01(\tR\x0f\x64\x65\x61\x64LetterTopic:H\n\ramqp_priority\x12!.google.protobuf.EnumValueOptions\x18\xbc\x8e\x03 \x01(\rR\x0c\x61mqpPriorityb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61gentflux/v1/options.proto\x12\x0c\x61gentflux.v1\x1a google/protobuf/descriptor.proto\"A\n\x0c\x45ventOptions\x12\x14\n\x05topic\x18\x01 \x01(\tR\x05topic\x12\x1b\n\tkey_field\x18\x02 \x01(\tR\x08keyField\"\x8e\x01\n\x0bTaskOptions\x12\x14\n\x05queue\x18\x01 \x01(\tR\x05queue\x12\x1a\n\x08\x65xchange\x18\x02 \x01(\tR\x08\x65xchange\x12!\n\x0cmax_priority\x18\x03 \x01(\rR\x0bmaxPriority\x12*\n\x11\x64\x65\x61\x64_letter_queue\x18\x04 \x01(\tR\x0f\x64\x65\x61\x64LetterQueue:S\n\x05\x65vent\x12\x1f.google.protobuf.MessageOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x1a.agentflux.v1.EventOptionsR\x05\x65vent:P\n\x04task\x12\x1f.google.protobuf.MessageOptions\x18\xba\x8e\x03 \x01(\x0b\x32\x19.agentflux.v1.TaskOptionsR\x04task:J\n\x11\x64\x65\x61\x64_letter_topic\x12\x1c.google.protobuf.FileOptions\x18\xbb\x8e\x03 \x01(\tR\x0f\x64\x65\x61\x64LetterTopic:H\n\ramqp_priority\x12!.google.protobuf.EnumValueOptions\x18\xbc\x8e\x03 \x01(\rR\x0c\x61mqpPriorityB\xb1\x01\n\x10\x64\x65v.agentflux.v1B\x0cOptionsProtoP\x01Z>github.com/agentflux/agentflux/gen/go/agentflux/v1;agentfluxv1\xa2\x02\x03\x41\x46X\xaa\x02\x0c\x41gentflux.V1\xca\x02\x0c\x41gentflux\\V1\xe2\x02\x18\x41gentflux\\V1\\GPBMetadata\xea\x02\rAgentflux::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentflux.v1.options_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\020dev.agentflux.v1B\014OptionsProtoP\001Z>github.com/agentflux/agentflux/gen/go/agentflux/v1;agentfluxv1\242\002\003AFX\252\002\014Agentflux.V1\312\002\014Agentflux\\V1\342\002\030Agentflux\\V1\\GPBMetadata\352\002\rAgentflux::V1'
   _globals['_EVENTOPTIONS']._serialized_start=78
   _globals['_EVENTOPTIONS']._serialized_end=143
   _globals['_TASKOPTIONS']._serialized_start=146

@@ -27,13 +27,14 @@ from agentflux.v1 import types_pb2 as agentflux_dot_v1_dot_types__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61gentflux/v1/tasks.proto\x12\x0c\x61gentflux.v1\x1a\x1a\x61gentflux/v1/options.proto\x1a\x18\x61gentflux/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"\xbe\x03\n\x08ToolTask\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x1b\n\ttenant_id\x18\x02 \x01(\tR\x08tenantId\x12\'\n\x0f\x63onversation_id\x18\x03 \x01(\tR\x0e\x63onversationId\x12\x12\n\x04step\x18\x04 \x01(\x05R\x04step\x12&\n\x0fstep_tool_count\x18\x05 \x01(\x05R\rstepToolCount\x12*\n\x04\x63\x61ll\x18\x06 \x01(\x0b\x32\x16.agentflux.v1.ToolCallR\x04\x63\x61ll\x12\x32\n\x08priority\x18\x07 \x01(\x0e\x32\x16.agentflux.v1.PriorityR\x08priority\x12\x18\n\x07\x61ttempt\x18\x08 \x01(\x05R\x07\x61ttempt\x12!\n\x0cmax_attempts\x18\t \x01(\x05R\x0bmaxAttempts\x12\x33\n\x07timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.DurationR\x07timeout:G\xd2\xf3\x18\x43\n\x14\x61gentflux.tool_tasks\x12\x0f\x61gentflux.tasks\x18\n\"\x18\x61gentflux.tool_tasks.dlqb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61gentflux/v1/tasks.proto\x12\x0c\x61gentflux.v1\x1a\x1a\x61gentflux/v1/options.proto\x1a\x18\x61gentflux/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"\xbe\x03\n\x08ToolTask\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x1b\n\ttenant_id\x18\x02 \x01(\tR\x08tenantId\x12\'\n\x0f\x63onversation_id\x18\x03 \x01(\tR\x0e\x63onversationId\x12\x12\n\x04step\x18\x04 \x01(\x05R\x04step\x12&\n\x0fstep_tool_count\x18\x05 \x01(\x05R\rstepToolCount\x12*\n\x04\x63\x61ll\x18\x06 \x01(\x0b\x32\x16.agentflux.v1.ToolCallR\x04\x63\x61ll\x12\x32\n\x08priority\x18\x07 \x01(\x0e\x32\x16.agentflux.v1.PriorityR\x08priority\x12\x18\n\x07\x61ttempt\x18\x08 \x01(\x05R\x07\x61ttempt\x12!\n\x0cmax_attempts\x18\t \x01(\x05R\x0bmaxAttempts\x12\x33\n\x07timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.DurationR\x07timeout:G\xd2\xf3\x18\x43\n\x14\x61gentflux.tool_tasks\x12\x0f\x61gentflux.tasks\x18\n\"\x18\x61gentflux.tool_tasks.dlqB\xaf\x01\n\x10\x64\x65v.agentflux.v1B\nTasksProtoP\x01Z>github.com/agentflux/agentflux/gen/go/agentflux/v1;agentfluxv1\xa2\x02\x03\x41\x46X\xaa\x02\x0c\x41gentflux.V1\xca\x02\x0c\x41gentflux\\V1\xe2\x02\x18\x41gentflux\\V1\\GPBMetadata\xea\x02\rAgentflux::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentflux.v1.tasks_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\020dev.agentflux.v1B\nTasksProtoP\001Z>github.com/agentflux/agentflux/gen/go/agentflux/v1;agentfluxv1\242\002\003AFX\252\002\014Agentflux.V1\312\002\014Agentflux\\V1\342\002\030Agentflux\\V1\\GPBMetadata\352\002\rAgentflux::V1'
   _globals['_TOOLTASK']._loaded_options = None
   _globals['_TOOLTASK']._serialized_options = b'\322\363\030C\n\024agentflux.tool_tasks\022\017agentflux.tasks\030\n\"\030agentflux.tool_tasks.dlq'
   _globals['_TOOLTASK']._serialized_start=129
