@@ -21,7 +21,9 @@ GENERATORS := $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc $(TOOLS)/protoc
   $(TOOLS)/protoc-gen-grpc-java gen/ts/node_modules/.package-lock.json
 TYPED := services $(wildcard interceptors)
 
-.PHONY: help venv tools gen gen-check publish-contract lint fmt typecheck stack-up stack-down stack-status demo test test-unit test-integration bench bench-hops bench-guard bench-consumers bench-runs clean
+SDK_LANGS := go ts java
+
+.PHONY: help venv tools sdk $(addprefix sdk-,$(SDK_LANGS)) gen gen-check publish-contract lint fmt typecheck stack-up stack-down stack-status demo test test-unit test-integration bench bench-hops bench-guard bench-consumers bench-runs clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -76,6 +78,12 @@ gen-check: $(STAMP) $(GENERATORS) ## Fail when gen/ or proto formatting is stale
 	scripts/contract-check
 	scripts/gen-check
 
+sdk: $(addprefix sdk-,$(SDK_LANGS)) ## Build the Go, TypeScript and Java packages of gen/ and their clients in sdk/
+
+# Phony targets get no pattern rules: one rule per language.
+sdk-go sdk-ts sdk-java: $(GENERATORS)
+	scripts/build-$@
+
 publish-contract: $(STAMP) ## Release the contracts as VERSION (make publish-contract VERSION=1.2): the new baseline of `buf breaking`, and its golden records
 	@test -n "$(VERSION)" || { echo "name the release: make publish-contract VERSION=1.2" >&2; exit 1; }
 	@test ! -e proto/published/agentflux-v$(VERSION).binpb || { echo "release v$(VERSION) is already published" >&2; exit 1; }
@@ -108,7 +116,7 @@ stack-status: $(STAMP) ## Show each local service and its port
 demo: stack-up ## Start the stack and the mesh, ask questions that use every tool, print a trace
 	agentflux demo
 
-test: stack-up tools gen-check lint ## Everything CI runs: stack, contract checks, lint, types, all tests
+test: stack-up tools gen-check lint sdk ## Everything CI runs: stack, contract checks, lint, types, the SDKs' builds, all tests
 	@rc=0; pytest || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; fi; \
 	exit $$rc

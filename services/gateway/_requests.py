@@ -14,7 +14,7 @@ from agentflux.v1 import gateway_pb2, types_pb2
 
 from interceptors import ContextValueError, InvalidArgument, new_id
 from interceptors._context import check_id
-from services.runs import is_event_id
+from services.runs import MAX_PROMPT_BYTES, is_event_id, resolve_limits
 from services.runtime.config import Settings
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "required_text",
 ]
 
-MAX_PROMPT_BYTES = 32 * 1024
 MAX_PAGE_SIZE = 100
 _PRIORITIES = frozenset(types_pb2.Priority.values())
 _STATUSES = frozenset(types_pb2.RunStatus.values())
@@ -86,6 +85,20 @@ def digest(request: gateway_pb2.SubmitRequest) -> str:
     return hashlib.sha256(same.SerializeToString(deterministic=True)).hexdigest()[:32]
 
 
+def request_id_of(request: gateway_pb2.SubmitRequest, idempotency_key: str) -> str:
+    """The id that makes a `Submit` safe to retry: `request_id`, else the call's
+    `idempotency-key` metadata, so a client that sends the standard header gets the same
+    run back for the same key. Both present and different is a client bug: refused
+    rather than one silently winning."""
+    if request.request_id and idempotency_key and request.request_id != idempotency_key:
+        raise InvalidArgument(
+            "idempotency-key",
+            f"differs from request_id {request.request_id!r}: send one of the two, or the "
+            "same value in both",
+        )
+    return request.request_id or idempotency_key
+
+
 def checked_status(value: int) -> int:
     """A known `RunStatus` (UNSPECIFIED: every status)."""
     if value not in _STATUSES:
@@ -129,25 +142,6 @@ def decode_page_token(token: str) -> tuple[int, str] | None:
     return int(ms), run_id
 
 
-def _limits(got: types_pb2.RunLimits, settings: Settings) -> types_pb2.RunLimits:
-    """The run's bounds: zero fields take the deployment's defaults, which are also caps.
-    `max_tokens` has no deployment cap (zero: only the tenant's token budget bounds it)."""
-    caps = {
-        "max_steps": settings.run_max_steps,
-        "max_tools_per_step": settings.run_max_tools_per_step,
-        "max_tool_calls": settings.run_max_tool_calls,
-    }
-    resolved = types_pb2.RunLimits(max_tokens=got.max_tokens)
-    for name, cap in caps.items():
-        value = getattr(got, name)
-        if not 0 <= value <= cap:
-            raise InvalidArgument(f"limits.{name}", f"{value}; give 0-{cap} (0: {cap})")
-        setattr(resolved, name, value or cap)
-    if got.max_tokens < 0:
-        raise InvalidArgument("limits.max_tokens", f"{got.max_tokens}; give 0 or more")
-    return resolved
-
-
 def new_run(request: gateway_pb2.SubmitRequest, tenant: str, settings: Settings) -> types_pb2.Run:
     """The run a valid `Submit` starts (ids, resolved limits and priority), or
     INVALID_ARGUMENT naming the first field at fault."""
@@ -166,5 +160,5 @@ def new_run(request: gateway_pb2.SubmitRequest, tenant: str, settings: Settings)
         prompt=prompt,
         # UNSPECIFIED is served as NORMAL: the run says how it is served.
         priority=request.priority or types_pb2.PRIORITY_NORMAL,
-        limits=_limits(request.limits, settings),
+        limits=resolve_limits(request.limits, settings),
     )

@@ -141,18 +141,20 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
     ) -> gateway_pb2.SubmitResponse:
         validate(request)
         run = req.new_run(request, self._tenant(), self.settings)
+        ctx = current()
+        request_id = req.request_id_of(request, ctx.idempotency_key if ctx else "")
         with _store_reachable():
             await self._within_budget(run.tenant_id)
             try:
                 run, new = await self.store.create(
                     run,
-                    request.request_id,
+                    request_id,
                     digest=req.digest(request),
                     max_in_flight=self.settings.max_runs_in_flight,
                 )
             except RequestReusedError as reused:
                 raise AlreadyExists(
-                    f"request_id {request.request_id} was used for a different request; it "
+                    f"request id {request_id} was used for a different request; it "
                     f"started run {reused.run.run_id}",
                     reason="REQUEST_ID_REUSED",
                     metadata={"run_id": reused.run.run_id},
@@ -166,7 +168,7 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
                 ) from None
             except LookupError:
                 raise FailedPrecondition(
-                    f"request_id {request.request_id} started a run that no longer exists; "
+                    f"request id {request_id} started a run that no longer exists; "
                     "submit with a new request_id",
                     reason="RUN_EXPIRED",
                 ) from None

@@ -16,11 +16,12 @@ from interceptors import (
     EventProducer,
     IdempotencyGuard,
     Incoming,
+    InvalidArgument,
     TaskPublisher,
     Telemetry,
 )
 from services.models import ModelProvider, PlannedCall, PlanRequest, ToolOffer, provider
-from services.runs import RunEnder, RunStore, TokenBudget, estimate_tokens
+from services.runs import RunEnder, RunStore, TokenBudget, estimate_tokens, run_of_event
 from services.runtime.adapters.kafka import KafkaConsumer
 from services.runtime.cache import ReadThroughCache
 from services.runtime.flags import FeatureFlags
@@ -103,12 +104,40 @@ class PlannerService(Service):
         self.cache.close()
         self.telemetry.shutdown()
 
+    async def _start(self, request: events_pb2.AgentRequested, tenant: str) -> types_pb2.Run | None:
+        """Records a run that an event started rather than the gateway: a producer inside
+        the mesh published `AgentRequested` at step 0 with a run id of its own. Callers
+        then see it like any run (GetRun, StreamRun). The gateway's edge policies (rate
+        limits, runs in flight) guard the public door and do not apply here; budgets do,
+        as they are reserved before each model call. A malformed request is dead-lettered
+        naming its fields (InvalidArgument is not retryable).
+
+        A request older than the run retention is not started: it is a replay of a run
+        whose record expired, not a new one (None: not planned)."""
+        settings = self.mesh.settings
+        if not request.HasField("request_time"):
+            raise InvalidArgument(
+                "request_time", "required to start a run by an event", reason="INVALID_RUN_REQUEST"
+            )
+        age_s = time.time() - request.request_time.ToNanoseconds() / 1e9
+        if age_s > settings.run_retention_s:
+            return None
+        run = run_of_event(request, tenant, settings)
+        # Keyed by the run id, so a redelivery (or a race with another copy) finds the
+        # same run instead of creating a second one.
+        run, new = await self.store.create(run, f"event:{run.run_id}")
+        if new:
+            log.info("run %s of tenant %s started by an event", run.run_id, tenant)
+        return run
+
     async def handle(self, incoming: Incoming) -> bytes:
         """Plans the step `incoming` requests (see the package doc)."""
         request = incoming.event
         assert isinstance(request, events_pb2.AgentRequested)
         tenant = request.tenant_id or self.mesh.settings.tenant
         run = await self.store.get(tenant, request.run_id)
+        if run is None and request.step == 0:
+            run = await self._start(request, tenant)
         if run is None:
             log.warning("run %s of tenant %s is unknown; not planned", request.run_id, tenant)
             return b"unknown"

@@ -27,6 +27,7 @@ from services.runs._budget import (
     estimate_tokens,
 )
 from services.runs._ending import RunEnder
+from services.runs._starting import MAX_PROMPT_BYTES, resolve_limits, run_of_event
 from services.runs._store import (
     TERMINAL,
     Finished,
@@ -40,6 +41,7 @@ from services.runs._store import (
 )
 
 __all__ = [
+    "MAX_PROMPT_BYTES",
     "OUTPUT_ALLOWANCE",
     "TERMINAL",
     "BudgetExceededError",
@@ -54,4 +56,6 @@ __all__ = [
     "estimate_tokens",
     "finished_of",
     "is_event_id",
+    "resolve_limits",
+    "run_of_event",
 ]

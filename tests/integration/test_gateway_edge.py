@@ -428,6 +428,34 @@ async def test_a_request_id_reused_for_another_request_is_refused_with_the_run(r
     assert [r.run_id for r in listed.runs] == [first.run_id]
 
 
+async def test_the_idempotency_key_header_makes_submit_safe_to_retry(rig: Rig) -> None:
+    # Clients of other languages send the standard header rather than the field.
+    _, key = await new_key(rig)
+    idem = "ik-" + uuid.uuid4().hex
+    with_key = [*as_key(rig, key), ("idempotency-key", idem)]
+    request = gateway_pb2.SubmitRequest(prompt="what is 6*7")
+    first = (await rig.stub.Submit(request, metadata=with_key)).run
+    again = (await rig.stub.Submit(request, metadata=with_key)).run
+    assert again.run_id == first.run_id
+    # The header and the field name the same thing: the same value in both is a retry...
+    both = gateway_pb2.SubmitRequest(prompt="what is 6*7", request_id=idem)
+    assert (await rig.stub.Submit(both, metadata=with_key)).run.run_id == first.run_id
+    # ...another request under the same key is refused with the run it started...
+    error = await refused(
+        rig.stub.Submit(gateway_pb2.SubmitRequest(prompt="what is 6*8"), metadata=with_key)
+    )
+    assert error.code() is grpc.StatusCode.ALREADY_EXISTS
+    assert detail(error, error_details_pb2.ErrorInfo).metadata["run_id"] == first.run_id
+    # ...and two different values are a client bug, named, and nothing is recorded.
+    clash = gateway_pb2.SubmitRequest(prompt="what is 6*9", request_id="other-" + idem)
+    error = await refused(rig.stub.Submit(clash, metadata=with_key))
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    violations = detail(error, error_details_pb2.BadRequest).field_violations
+    assert [v.field for v in violations] == ["idempotency-key"]
+    listed = await rig.stub.ListRuns(gateway_pb2.ListRunsRequest(), metadata=as_key(rig, key))
+    assert [r.run_id for r in listed.runs] == [first.run_id]
+
+
 async def test_ask_without_a_key_says_how_to_get_one(rig: Rig) -> None:
     env = {
         **os.environ,

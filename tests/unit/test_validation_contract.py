@@ -179,3 +179,12 @@ def test_every_field_at_fault_is_named_by_its_path() -> None:
 )
 def test_each_rule_names_its_field(message: object, field: str) -> None:
     assert [f for f, _ in _refused(message).violations] == [field]
+
+
+def test_go_code_imports_protovalidates_own_package() -> None:
+    # Go keeps one registry per program: generated code that carried its own copy of
+    # buf/validate/validate.proto would clash with protovalidate-go at start-up.
+    ours, official = _ours().options, _official().options
+    assert ours.go_package == official.go_package
+    assert ours.java_outer_classname == official.java_outer_classname
+    assert ours.java_multiple_files == official.java_multiple_files
