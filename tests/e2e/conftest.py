@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -289,6 +290,48 @@ async def _wipe(settings: Settings, redis: aioredis.Redis) -> None:
             for exchange in (topo.exchange, topo.retry_exchange, topo.dead_letter_exchange):
                 with contextlib.suppress(Exception):
                     await rabbit.channel.exchange_delete(exchange)
+
+
+@dataclass
+class Done:
+    """A program's end: its exit code and output."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def lines(self) -> list[dict[str, Any]]:
+        """stdout as one JSON object per line."""
+        try:
+            return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise AssertionError(
+                f"not one JSON object per line:\n{self.stdout}\n{self.stderr}"
+            ) from exc
+
+
+async def run_program(
+    *argv: str, env: dict[str, str] | None = None, timeout: float = 150.0
+) -> Done:
+    """Runs a program (an SDK's example, the CLI) to its end, killed after `timeout`."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        raise AssertionError(
+            f"{' '.join(argv)} ran over {timeout:.0f} s:\n{out.decode()}\n{err.decode()}"
+        ) from None
+    assert proc.returncode is not None
+    return Done(proc.returncode, out.decode(), err.decode())
 
 
 @contextlib.contextmanager

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from interceptors._amqp_consumer import ATTEMPT_HEADER
 from interceptors._carriers import CE_ATTRIBUTES, CONTEXT_KEYS, TRACEPARENT, TRACESTATE
+from services.runtime.adapters.kafka import producer_config
 from services.runtime.bearer import CREDENTIAL_KEYS
+from services.runtime.config import Settings
 from services.runtime.contracts import registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,3 +69,10 @@ def test_dead_letter_headers_are_the_codes() -> None:
     assert {row[0] for row in table("AMQP dead-letter header")} == _literals(
         CODE / "_amqp_consumer.py"
     )
+
+
+def test_the_mesh_partitions_as_the_document_says() -> None:
+    # The Go SDK's producer (and any Java producer) hashes keys with murmur2; the mesh's
+    # producers must too, or one conversation's events split across partitions.
+    assert producer_config(Settings())["partitioner"] == "murmur2_random"
+    assert "murmur2_random" in DOC

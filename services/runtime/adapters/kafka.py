@@ -49,6 +49,10 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 1,
+        # Kafka's own partitioner (Java's default, and Go's franz-go and others): a
+        # conversation's events share a partition whichever language produced them.
+        # librdkafka's default (CRC-32) would split them from other producers'.
+        "partitioner": "murmur2_random",
         "compression.type": "lz4",
         "message.timeout.ms": 30_000,
     }
