@@ -16,6 +16,7 @@ from services import stack
 from services.cli.ask import ask
 from services.cli.certs import certs_app
 from services.cli.tenants import tenants_app
+from services.cli.tools import tools as list_tools
 from services.cli.trace import trace as show_trace
 from services.runtime.config import Settings
 from services.stack import ServiceStatus
@@ -179,6 +180,7 @@ app.command("ask")(ask)
 # Bound here as `show_trace`, not `trace`: the package attribute `trace` must stay the
 # submodule, or `import services.cli.trace` and patches would get the function instead.
 app.command("trace")(show_trace)
+app.command("tools")(list_tools)
 
 
 def main() -> None:

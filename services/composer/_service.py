@@ -10,7 +10,14 @@ from agentflux.v1 import events_pb2, types_pb2
 from opentelemetry import trace
 
 from interceptors import EventConsumer, EventProducer, IdempotencyGuard, Incoming, Telemetry
-from services.models import TEMPLATES, ComposeRequest, ModelProvider, provider
+from services.models import (
+    TEMPLATES,
+    ComposeRequest,
+    ModelError,
+    ModelProvider,
+    ToolOffer,
+    provider,
+)
 from services.runs import (
     TERMINAL,
     RunEnder,
@@ -23,6 +30,7 @@ from services.runtime.cache import ReadThroughCache
 from services.runtime.flags import FeatureFlags
 from services.runtime.keys import Keys
 from services.runtime.mesh import Mesh, Service
+from services.tools import ToolRegistry, load_mcp_tools
 
 __all__ = ["ComposerService"]
 
@@ -38,11 +46,20 @@ class ComposerService(Service):
 
     name = "composer"
 
-    def __init__(self, mesh: Mesh, *, model: ModelProvider | None = None) -> None:
+    def __init__(
+        self,
+        mesh: Mesh,
+        *,
+        model: ModelProvider | None = None,
+        tools: ToolRegistry | None = None,
+    ) -> None:
         super().__init__(mesh)
         settings = mesh.settings
-        self.model = model or provider(settings)
         self.telemetry = Telemetry.for_service("composer", settings)
+        self.model = model or provider(settings, tracer_provider=self.telemetry.provider)
+        # The tools are offered again when composing, so a chat model can ask for another
+        # step instead of answering; the planner then plans it.
+        self.tools = tools or ToolRegistry.load(settings)
         self.store = RunStore.for_settings(mesh.redis, settings)
         self.budget = TokenBudget(mesh.redis, settings)
         self.events = EventProducer(
@@ -70,6 +87,9 @@ class ComposerService(Service):
         )
 
     async def start(self) -> None:
+        # Only the MCP tools' specs are needed here (see the planner).
+        mcp = await load_mcp_tools(self.tools, self.mesh.settings, tracer=self.telemetry.tracer)
+        await mcp.aclose()
         topics = [self.mesh.topic("agent.requested"), self.mesh.topic("agent.completed")]
         await self.mesh.producer.warm(topics)
         await self.mesh.redis.ping()
@@ -80,6 +100,7 @@ class ComposerService(Service):
         await self.consumer.run(self.handle, stop)
 
     async def close(self) -> None:
+        await self.model.aclose()
         await self.kafka.close()
         self.cache.close()
         self.telemetry.shutdown()
@@ -126,6 +147,9 @@ class ComposerService(Service):
             template=await self._template(),
             memory=await self.store.memory(tenant, run.conversation_id),
             earlier_results=await self.store.results_before(tenant, run.run_id, step),
+            tenant_id=tenant,
+            history=await self.store.planned_calls(tenant, run.run_id, step),
+            tools=[ToolOffer(s.name, s.description, s.schema) for s in self.tools.specs()],
         )
         # Reserved before the model is asked (see the planner); settled once it answered.
         marker = f"compose:{step}"
@@ -137,7 +161,12 @@ class ComposerService(Service):
         )
         if not await self.ender.within_budget(run, step, marker, estimate):
             return b"over budget"
-        composition = await self.model.compose(ask)
+        try:
+            composition = await self.model.compose(ask)
+        except ModelError as failed:
+            # Retried already where it may pass (see the planner): the run ends with why.
+            await self.ender.fail(run, step, f"the model could not compose step {step}: {failed}")
+            return b"failed"
         if composition.next_step and step + 1 < run.limits.max_steps:
             await self.budget.settle(run, marker, composition.usage)
             await self._continue(run, step, results)
@@ -166,7 +195,14 @@ class ComposerService(Service):
             if capture:
                 span.set_attribute("agentflux.answer", "".join(pieces)[:4096])
 
-        await self.ender.answer(run, step, charged(composition.deltas))
+        try:
+            await self.ender.answer(run, step, charged(composition.deltas))
+        except ModelError as failed:
+            # The answer broke off mid-stream: its pieces so far stay in the run's stream,
+            # and the run ends FAILED saying so (asking again would stream another text
+            # under the same pieces).
+            await self.ender.fail(run, step, f"the model's answer broke off: {failed}")
+            return b"failed"
         return b"answered"
 
     async def _continue(

@@ -5,7 +5,8 @@ when no tool is needed. The composer, once a step's results are in, asks it to c
 (`compose`), with the earlier steps' results too: either go on with another step (a
 continuation, within the run's step budget) or answer, streaming the text in pieces.
 Both report the tokens they spent, so the run's usage (and, later, the tenant's budget)
-is charged from what the model says.
+is charged from what the model says. A provider that cannot answer raises `ModelError`,
+which says whether asking again may succeed.
 """
 
 from __future__ import annotations
@@ -19,12 +20,25 @@ from agentflux.v1 import types_pb2
 __all__ = [
     "ComposeRequest",
     "Composition",
+    "ModelError",
     "ModelProvider",
     "Plan",
     "PlanRequest",
     "PlannedCall",
     "ToolOffer",
 ]
+
+
+class ModelError(Exception):
+    """The model could not give a plan or an answer. `retryable`: asking again may succeed
+    (a timeout, a rate limit, a server fault, a dropped stream); when False it will not
+    (a request the endpoint refuses, a key it rejects, tool calls malformed twice, the
+    run's deadline gone)."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +68,14 @@ class PlanRequest:
     previous_results: Sequence[types_pb2.ToolResult] = ()  # the step before, for step > 0
     memory: Sequence[str] = ()  # the conversation's short-lived memory, newest first
     session: Mapping[str, str] = field(default_factory=dict)
+    # Whose run it is: a provider may call the model with the tenant's own key.
+    tenant_id: str = ""
+    # The calls of every earlier step (0..step-1) with their arguments, so a model that
+    # reads a conversation sees what it asked for beside what it got.
+    history: Sequence[types_pb2.ToolCall] = ()
+    # The results of the steps before `previous_results`' (0..step-2), by step, then
+    # tool_call_id, so the model sees the whole run and not only its last step.
+    earlier_results: Sequence[types_pb2.ToolResult] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +100,10 @@ class ComposeRequest:
     # The results of the run's earlier steps (0..step-1), by step, then tool_call_id, so
     # an answer can report the whole run and not only its last step.
     earlier_results: Sequence[types_pb2.ToolResult] = ()
+    tenant_id: str = ""
+    history: Sequence[types_pb2.ToolCall] = ()  # the calls of steps 0..step, as in PlanRequest
+    # What the model may call when it goes on (offered only while step + 1 < max_steps).
+    tools: Sequence[ToolOffer] = ()
 
 
 @dataclass
@@ -100,3 +126,6 @@ class ModelProvider(Protocol):
 
     async def compose(self, request: ComposeRequest) -> Composition:
         """Continue or answer, after a step's results."""
+
+    async def aclose(self) -> None:
+        """Releases what the provider holds (connections), when its service stops."""

@@ -180,6 +180,9 @@ class ScriptedProvider:
             for n in numbers
         ], ""
 
+    async def aclose(self) -> None:
+        """Nothing to release: the scripted provider holds no connection."""
+
     async def compose(self, request: ComposeRequest) -> Composition:
         """Go on while a clause remains within the step budget; otherwise answer.
 

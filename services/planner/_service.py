@@ -20,7 +20,14 @@ from interceptors import (
     TaskPublisher,
     Telemetry,
 )
-from services.models import ModelProvider, PlannedCall, PlanRequest, ToolOffer, provider
+from services.models import (
+    ModelError,
+    ModelProvider,
+    PlannedCall,
+    PlanRequest,
+    ToolOffer,
+    provider,
+)
 from services.runs import RunEnder, RunStore, TokenBudget, estimate_tokens, run_of_event
 from services.runtime.adapters.kafka import KafkaConsumer
 from services.runtime.cache import ReadThroughCache
@@ -28,7 +35,7 @@ from services.runtime.flags import FeatureFlags
 from services.runtime.keys import Keys
 from services.runtime.mesh import Mesh, Service
 from services.runtime.topology import task_topology
-from services.tools import ToolRegistry, needs_approval
+from services.tools import ToolRegistry, load_mcp_tools, needs_approval
 
 __all__ = ["CAPTURE_CONTENT", "PlannerService"]
 
@@ -53,9 +60,9 @@ class PlannerService(Service):
     ) -> None:
         super().__init__(mesh)
         settings = mesh.settings
-        self.model = model or provider(settings)
-        self.tools = tools or ToolRegistry.load(settings)
         self.telemetry = Telemetry.for_service("planner", settings)
+        self.model = model or provider(settings, tracer_provider=self.telemetry.provider)
+        self.tools = tools or ToolRegistry.load(settings)
         self.store = RunStore.for_settings(mesh.redis, settings)
         self.budget = TokenBudget(mesh.redis, settings)
         source = "/agentflux/planner"
@@ -88,6 +95,11 @@ class PlannerService(Service):
         return task_topology(self.mesh.settings, contract, self.mesh.namespace).approval_queue
 
     async def start(self) -> None:
+        # The MCP servers' tools are offered to the model like the built-ins. Only their
+        # specs are needed here (workers run them), so the connections close at once
+        # rather than keeping a copy of every stdio server per planner.
+        mcp = await load_mcp_tools(self.tools, self.mesh.settings, tracer=self.telemetry.tracer)
+        await mcp.aclose()
         rabbit = await self.mesh.rabbit()
         self.tasks = TaskPublisher(
             rabbit, self.telemetry, source="/agentflux/planner", name_prefix=self.mesh.namespace
@@ -100,6 +112,7 @@ class PlannerService(Service):
         await self.consumer.run(self.handle, stop)
 
     async def close(self) -> None:
+        await self.model.aclose()
         await self.kafka.close()
         self.cache.close()
         self.telemetry.shutdown()
@@ -161,6 +174,11 @@ class PlannerService(Service):
             previous_results=list(request.previous_results),
             memory=await self.store.memory(tenant, run.conversation_id),
             session=await self.store.session(tenant, run.conversation_id),
+            tenant_id=tenant,
+            # What the model asked for before, and what came of it before the last step,
+            # so a chat model sees the whole run and not only the step before.
+            history=await self.store.planned_calls(tenant, run.run_id, step - 1),
+            earlier_results=await self.store.results_before(tenant, run.run_id, step - 1),
         )
         # Tokens are reserved before the model is asked, and the run ends when they
         # cannot be: an unattended run never spends past its tenant's or its own budget.
@@ -170,7 +188,14 @@ class PlannerService(Service):
         )
         if not await self.ender.within_budget(run, step, marker, estimate):
             return b"over budget"
-        plan = await self.model.plan(ask)
+        try:
+            plan = await self.model.plan(ask)
+        except ModelError as failed:
+            # The provider already retried what may pass (timeouts, 429, 5xx, within the
+            # run's deadline): what reaches here ends the run with the endpoint's words,
+            # rather than a redelivery asking again with no end.
+            await self.ender.fail(run, step, f"the model could not plan step {step}: {failed}")
+            return b"failed"
         await self.budget.settle(run, marker, plan.usage)
         calls = [self._call(run.run_id, step, i, c) for i, c in enumerate(plan.calls)]
         await self.store.append_once(

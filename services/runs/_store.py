@@ -404,6 +404,25 @@ class RunStore:
             out.append(await self._event(tenant, run_id, entry_id.decode(), fields))
         return out
 
+    async def planned_calls(
+        self, tenant: str, run_id: str, through_step: int
+    ) -> list[types_pb2.ToolCall]:
+        """The tool calls planned in steps 0..`through_step`, with their arguments, in
+        plan order: a model that is shown its earlier results must also see what it asked
+        for. Read from the run's `planned` events; none once the stream expired."""
+        if through_step < 0:
+            return []
+        calls: list[types_pb2.ToolCall] = []
+        after = ""
+        while True:
+            batch = await self.read_events(tenant, run_id, after, count=500, trusted=True)
+            for event in batch:
+                if event.WhichOneof("event") == "planned" and event.planned.step <= through_step:
+                    calls += event.planned.tool_calls
+            if len(batch) < 500:
+                return calls
+            after = batch[-1].event_id
+
     async def events_exist(self, tenant: str, run_id: str) -> bool:
         """Whether the run's events are still kept."""
         return bool(await self.redis.exists(self.keys.events(tenant, run_id)))

@@ -153,8 +153,82 @@ class Settings(BaseSettings):
         None, description="Folder of the indexer's SQLite index files; empty: <stack_dir>/index."
     )
     model_provider: str = Field(
-        "scripted", description="Model provider: `scripted` (offline, deterministic)."
+        "scripted",
+        description="Model provider: `scripted` (offline, deterministic) or `openai` (any "
+        "OpenAI-compatible /v1/chat/completions endpoint: see the model_* settings).",
     )
+    model_base_url: str = Field(
+        "",
+        description="Base URL of the `openai` provider's endpoint, up to and including the "
+        "version (e.g. http://127.0.0.1:8000/v1); /chat/completions is added.",
+    )
+    model_name: str = Field("", description="Model the `openai` provider asks for.")
+    model_api_key: SecretStr = Field(
+        SecretStr(""),
+        description="Key the `openai` provider presents (Bearer); empty: none (local servers).",
+    )
+    model_tenant_api_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='Keys of the `openai` provider per tenant, JSON {"tenant": "key"}; other '
+        "tenants use model_api_key.",
+    )
+    model_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="How long one model request may take, in seconds."
+    )
+    model_max_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Retries of a model request that timed out, was rate limited (429, "
+        "after its Retry-After) or met a server fault (5xx).",
+    )
+    model_temperature: float | None = Field(
+        None, ge=0, le=2, description="Sampling temperature; unset: the endpoint's default."
+    )
+
+    @field_validator("model_base_url")
+    @classmethod
+    def _check_model_base_url(cls, value: str) -> str:
+        # Checked here so a typo fails at start-up, not at a run's first step.
+        from urllib.parse import urlsplit
+
+        value = value.strip()
+        if not value:
+            return value
+        parsed = urlsplit(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(
+                f"{value!r} is not an http(s) URL; set AGENTFLUX_MODEL_BASE_URL to the "
+                "endpoint's base, e.g. http://127.0.0.1:8000/v1"
+            )
+        if parsed.path.rstrip("/").endswith("/chat/completions"):
+            raise ValueError(
+                f"{value!r} names the chat completions path; set AGENTFLUX_MODEL_BASE_URL "
+                "to the base before it, e.g. http://127.0.0.1:8000/v1"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_model(self) -> Settings:
+        if self.model_provider.strip().lower() != "openai":
+            return self
+        missing = [
+            f"AGENTFLUX_{name.upper()}"
+            for name in ("model_base_url", "model_name")
+            if not getattr(self, name).strip()
+        ]
+        if missing:
+            raise ValueError(f"the openai model provider needs {' and '.join(missing)} set")
+        blank = sorted(
+            t for t, key in self.model_tenant_api_keys.items() if not key.get_secret_value()
+        )
+        if blank:
+            raise ValueError(
+                f"model_tenant_api_keys: tenant(s) {', '.join(blank)} have an empty key; give "
+                "a key or leave the tenant out (it then uses model_api_key)"
+            )
+        return self
+
     run_max_steps: int = Field(
         4, ge=1, le=64, description="Planning steps a run may take (default and cap)."
     )
@@ -171,6 +245,105 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Hosts the http_get tool may fetch from, comma-separated; empty: none.",
     )
+    mcp_servers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="MCP servers whose tools agents may call, JSON by server name: "
+        '{"files": {"command": ["python", "-m", "x"], "env": {"K": "v"}, "cwd": "/srv"}, '
+        '"search": {"url": "http://127.0.0.1:9000/mcp", "headers": {"Authorization": "..."}}} '
+        '(either "command" or "url"; optional "timeout_s"); their tools are named '
+        "<server>__<tool>.",
+    )
+    mcp_tool_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="How long one MCP tool call may run, in seconds."
+    )
+    mcp_connect_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="How long starting, initializing and listing one MCP server may take.",
+    )
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def _check_mcp_servers(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # Checked here so a typo fails every process at start-up. Server names prefix tool
+        # names (`<server>__<tool>`, `^[A-Za-z][A-Za-z0-9_-]{0,63}$`): no "__" inside, so
+        # the first "__" of a tool name always ends the server's name.
+        import re
+        from urllib.parse import urlsplit
+
+        def strings(server: str, key: str, given: dict[str, Any]) -> dict[str, SecretStr]:
+            raw = given.get(key)
+            if raw is None:
+                return {}
+            if not isinstance(raw, dict) or not all(
+                isinstance(k, str) and k and isinstance(v, str) for k, v in raw.items()
+            ):
+                raise ValueError(f'MCP server {server!r}: "{key}" must map names to strings')
+            return {k: SecretStr(v) for k, v in raw.items()}  # values may be credentials
+
+        checked: dict[str, dict[str, Any]] = {}
+        for name, raw in value.items():
+            if not re.fullmatch(r"[a-z][a-z0-9]*(?:[_-][a-z0-9]+)*", name) or len(name) > 24:
+                raise ValueError(
+                    f"MCP server name {name!r} is not valid: lower-case letters and digits, "
+                    "starting with a letter, single '-' or '_' between them, at most 24 "
+                    "characters (it prefixes the names of its tools: <server>__<tool>)"
+                )
+            unknown = sorted(set(raw) - {"command", "env", "cwd", "url", "headers", "timeout_s"})
+            if unknown:
+                raise ValueError(f"MCP server {name!r}: unknown key(s) {', '.join(unknown)}")
+            has_command, has_url = raw.get("command") is not None, raw.get("url") is not None
+            if has_command == has_url:
+                raise ValueError(
+                    f'MCP server {name!r}: give either "command" (argv of a stdio server) or '
+                    f'"url" (a streamable HTTP endpoint), {"not both" if has_url else "one"}'
+                )
+            server: dict[str, Any] = {}
+            if has_command:
+                argv = raw["command"]
+                if (
+                    not isinstance(argv, list)
+                    or not argv
+                    or not all(isinstance(a, str) for a in argv)
+                    or not argv[0].strip()
+                ):
+                    raise ValueError(
+                        f'MCP server {name!r}: "command" must be a non-empty list of strings '
+                        '(argv, run without a shell), e.g. ["python", "-m", "server"]'
+                    )
+                if "headers" in raw:
+                    raise ValueError(f'MCP server {name!r}: "headers" go with "url" only')
+                cwd = raw.get("cwd")
+                if cwd is not None and (not isinstance(cwd, str) or not cwd):
+                    raise ValueError(f'MCP server {name!r}: "cwd" must be a folder path')
+                server |= {
+                    "command": list(argv),
+                    "env": strings(name, "env", raw),
+                    "cwd": cwd,
+                }
+            else:
+                url = raw["url"]
+                parts = urlsplit(url) if isinstance(url, str) else None
+                if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+                    raise ValueError(
+                        f'MCP server {name!r}: "url" must be an http(s) URL, e.g. '
+                        f"http://127.0.0.1:9000/mcp, not {url!r}"
+                    )
+                if "env" in raw or "cwd" in raw:
+                    raise ValueError(f'MCP server {name!r}: "env" and "cwd" go with "command" only')
+                server |= {"url": url, "headers": strings(name, "headers", raw)}
+            timeout = raw.get("timeout_s")
+            if timeout is not None and (
+                isinstance(timeout, bool)
+                or not isinstance(timeout, int | float)
+                or not 0 < timeout <= 3600
+            ):
+                raise ValueError(f'MCP server {name!r}: "timeout_s" must be seconds in (0, 3600]')
+            server["timeout_s"] = None if timeout is None else float(timeout)
+            checked[name] = server
+        return checked
+
     stream_retention_s: int = Field(
         3600, ge=1, description="How long a finished run's events can be replayed, seconds."
     )

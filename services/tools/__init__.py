@@ -5,6 +5,8 @@ an async call (`Tool`). `ToolRegistry.load(settings)` holds the built-ins (calcu
 clock, http_get, memory, retrieve; `builtin_tools`) and every tool that installed
 packages declare in the `agentflux.tools` entry-point group. `ToolRegistry.validate`
 checks a call's arguments against the tool's schema before it runs.
+`load_mcp_tools(registry, settings)` adds the tools of the MCP servers of
+`AGENTFLUX_MCP_SERVERS` (named `<server>__<tool>`, source `mcp:<server>`).
 
 Errors, all raised by tools or the registry:
 
@@ -17,6 +19,14 @@ Errors, all raised by tools or the registry:
 """
 
 from services.tools._builtin import builtin_tools
+from services.tools._mcp import (
+    META_IDEMPOTENCY_KEY,
+    McpStartError,
+    McpTool,
+    McpTools,
+    McpToolSource,
+    load_mcp_tools,
+)
 from services.tools._registry import (
     BUILTIN,
     ENTRY_POINT_GROUP,
@@ -39,7 +49,12 @@ __all__ = [
     "BUILTIN",
     "ENTRY_POINT_GROUP",
     "JSON",
+    "META_IDEMPOTENCY_KEY",
     "FieldViolation",
+    "McpStartError",
+    "McpTool",
+    "McpToolSource",
+    "McpTools",
     "Search",
     "Tool",
     "ToolArgumentsError",
@@ -50,5 +65,6 @@ __all__ = [
     "ToolSpec",
     "UnknownToolError",
     "builtin_tools",
+    "load_mcp_tools",
     "needs_approval",
 ]

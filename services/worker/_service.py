@@ -40,10 +40,12 @@ from services.runtime.mesh import Mesh, Service
 from services.runtime.topology import task_topology
 from services.tools import (
     JSON,
+    McpTools,
     ToolContext,
     ToolError,
     ToolRegistry,
     ToolSpec,
+    load_mcp_tools,
     needs_approval,
 )
 
@@ -73,6 +75,7 @@ class WorkerService(Service):
         super().__init__(mesh)
         settings = mesh.settings
         self.tools = tools or ToolRegistry.load(settings)
+        self.mcp: McpTools | None = None
         self.keys = Keys(mesh.namespace)
         self.telemetry = Telemetry.for_service("worker", settings)
         self.store = RunStore.for_settings(mesh.redis, settings)
@@ -107,6 +110,9 @@ class WorkerService(Service):
         )
         await mesh.producer.warm([mesh.topic("agent.tool_called")])
         await mesh.redis.ping()
+        # MCP servers' tools join the built-ins before the first task is taken; a server
+        # that cannot be reached fails the start, naming it (McpStartError).
+        self.mcp = await load_mcp_tools(self.tools, mesh.settings, tracer=self.telemetry.tracer)
         for spec in self.tools.specs():  # Memcached warm (or found down, and skipped)
             await self._metadata(spec)
 
@@ -115,6 +121,8 @@ class WorkerService(Service):
         await self.consumer.run(self.handle, stop)
 
     async def close(self) -> None:
+        if self.mcp is not None:
+            await self.mcp.aclose()
         if self._index is not None:
             await self._index.close()
         self.cache.close()

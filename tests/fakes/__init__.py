@@ -1,0 +1,1 @@
+"""Stand-ins for outside services, speaking their real wire formats over real sockets."""
