@@ -14,7 +14,13 @@ from typing import Annotated, Any
 import typer
 
 from services.runtime.config import Settings
-from services.tools import McpTools, ToolRegistrationError, ToolRegistry, load_mcp_tools
+from services.tools import (
+    McpTools,
+    ToolRegistrationError,
+    ToolRegistry,
+    load_mcp_tools,
+    server_target,
+)
 
 __all__ = ["tools"]
 
@@ -60,7 +66,12 @@ def tools(
         for name, source in sorted(mcp.sources.items())
     ]
     servers += [
-        {"name": name, "target": _target(settings, name), "ok": False, "error": why}
+        {
+            "name": name,
+            "target": server_target(settings.mcp_servers[name]),
+            "ok": False,
+            "error": why,
+        }
         for name, why in sorted(mcp.failures.items())
     ]
     servers.sort(key=lambda s: str(s["name"]))
@@ -92,8 +103,3 @@ def tools(
                 )
     if mcp.failures:
         raise typer.Exit(1)
-
-
-def _target(settings: Settings, name: str) -> str:
-    config = settings.mcp_servers[name]
-    return str(config["url"]) if "url" in config else " ".join(config["command"])

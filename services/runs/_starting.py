@@ -45,17 +45,17 @@ def run_of_event(
     """The run an `AgentRequested` at step 0 starts when no gateway recorded it: the
     producer chose its id, so a redelivered event finds the same run."""
     violations: list[tuple[str, str]] = []
-    for field, value, is_tenant in (
-        ("run_id", request.run_id, False),
-        ("tenant_id", tenant, True),
-        ("conversation_id", request.conversation_id, False),
+    for field, value, is_tenant, required in (
+        ("run_id", request.run_id, False, True),
+        ("tenant_id", tenant, True, True),
+        ("conversation_id", request.conversation_id, False, False),
     ):
-        if not value and field != "conversation_id":
-            violations.append((field, "required"))
+        if not value:
+            if required:
+                violations.append((field, "required"))
             continue
         try:
-            if value:
-                check_id(field, value, tenant=is_tenant)
+            check_id(field, value, tenant=is_tenant)
         except ContextValueError as bad:
             violations.append((field, bad.description))
     if not request.prompt.strip():

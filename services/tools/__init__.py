@@ -26,6 +26,7 @@ from services.tools._mcp import (
     McpTools,
     McpToolSource,
     load_mcp_tools,
+    server_target,
 )
 from services.tools._registry import (
     BUILTIN,
@@ -67,4 +68,5 @@ __all__ = [
     "builtin_tools",
     "load_mcp_tools",
     "needs_approval",
+    "server_target",
 ]

@@ -342,9 +342,7 @@ class McpToolSource:
     @property
     def target(self) -> str:
         """What `agentflux tools` shows: the URL, or the command line."""
-        if "url" in self.config:
-            return str(self.config["url"])
-        return " ".join(self.config["command"])
+        return server_target(self.config)
 
     @property
     def protocol_version(self) -> str | None:
@@ -593,6 +591,13 @@ class McpTools:
 
     async def aclose(self) -> None:
         await asyncio.gather(*(s.aclose() for s in self.sources.values()))
+
+
+def server_target(config: Mapping[str, Any]) -> str:
+    """Where a configured MCP server is: its URL, or its command line."""
+    if "url" in config:
+        return str(config["url"])
+    return " ".join(config["command"])
 
 
 async def load_mcp_tools(
