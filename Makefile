@@ -133,7 +133,7 @@ bench: stack-up ## Every hop, the idempotency guard, the consumers and whole run
 	python -m bench.consumers $(ARGS)
 	python -m bench.runs $(ARGS)
 
-bench-hops: stack-up ## Each hop raw vs through agentflux, with ratios (ARGS=--quick | --hop NAME | --json PATH)
+bench-hops: stack-up ## Each hop raw, with the stock OpenTelemetry instrumentation and through agentflux, with ratios (ARGS=--quick | --hop NAME | --json PATH)
 	python -m bench.hops $(ARGS)
 
 bench-guard: stack-up ## The idempotency guard with and without a Bloom filter, and where a Bloom filter pays (ARGS=--quick | --json PATH)
@@ -142,7 +142,7 @@ bench-guard: stack-up ## The idempotency guard with and without a Bloom filter, 
 bench-consumers: stack-up ## Concurrent consumers beside one-at-a-time ones, Kafka and RabbitMQ (ARGS=--quick | --json PATH)
 	python -m bench.consumers $(ARGS)
 
-bench-runs: stack-up ## Whole runs through `agentflux serve` beside the same hops with bare clients (ARGS=--quick | --rate R | --json PATH)
+bench-runs: stack-up ## Whole runs through `agentflux serve` (traced and sampled out) beside the same hops with bare clients, and the knee of sustained runs/s (ARGS=--quick | --rate R | --json PATH)
 	python -m bench.runs $(ARGS)
 
 clean: ## Remove the venv and caches (not the stack's data: `agentflux stack down --wipe`)

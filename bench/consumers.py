@@ -17,6 +17,14 @@ Scenarios (`--scenario`):
 - `rabbitmq-io`: a backlog of N `ToolTask`s, guard on, 5 ms of awaited I/O.
   **one-at-a-time**: iterate the queue (prefetch 64) and `TaskConsumer.handle` each
   delivery. **TaskConsumer.run** with prefetch 16 and 64.
+- `kafka-backlog`, `rabbitmq-backlog`: the consumer's own cost per message. A backlog
+  over many keys (200 on Kafka), guard on, a handler that returns at once (no sleep, no
+  CPU), so what is left is context extraction, the span, decoding, the guard's Redis
+  round trips (claim and outcome) and settling or committing. **one-at-a-time** as
+  above; **EventConsumer.run** (**TaskConsumer.run** prefetch 64) with the guard's
+  defaults; and, as a diagnostic, the same with the guard's batching switched off
+  (`IdempotencyGuard(batching=False)`; the row is skipped with a note on a guard that
+  has no such option).
 
 Method of bench/hops.py, whose helpers it imports: a small untimed warm-up round per
 variant, then interleaved rounds (order reversed every other round, gc before each).
@@ -26,7 +34,8 @@ also on failure. The backlog is produced (and, for Kafka, the group joined) befo
 clock starts; the clock stops when the runtime has finished the last message. Per variant:
 messages/s (median over the rounds) and its ratio to one-at-a-time, handler-to-settle
 latency (handler returned -> offset commit confirmed, or delivery acked), process CPU per
-1000 messages, the most handlers seen running at once, the share of the time no
+1000 messages, the guard's Redis round trips and commands per message (counted by the
+guard's client), the most handlers seen running at once, the share of the time no
 handler was running, and (Kafka) how often `run` paused its partitions. Every round
 checks that each message was handled exactly once and, on Kafka, that records of one
 key never overlapped nor ran out of order: a violation fails the scenario. Exit codes:
@@ -38,6 +47,7 @@ import argparse
 import asyncio
 import bisect
 import gc
+import inspect
 import json
 import os
 import platform
@@ -46,7 +56,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -57,6 +67,7 @@ import redis.asyncio as aioredis
 from agentflux.v1 import events_pb2, types_pb2
 from confluent_kafka import Message as Record
 from confluent_kafka import TopicPartition
+from redis.typing import EncodableT
 
 from bench.hops import (
     CONTRACTS,
@@ -78,6 +89,7 @@ from bench.hops import (
 from interceptors import (
     EventConsumer,
     EventProducer,
+    HandlerLink,
     IdempotencyGuard,
     Inbound,
     Incoming,
@@ -117,9 +129,14 @@ IO_S = 0.005  # the awaited I/O of a handler: a tool or model call
 CPU_MS = 1.0  # the CPU-only handler's work, calibrated at start-up
 BATCH = 100  # records per poll: EventConsumer.run's default, and the baseline's
 NO_PAUSE = 4096  # a max_in_flight above any backlog here: back-pressure never engages
+# kafka-backlog: with 200 keys over 3 partitions, `run` always has records of idle keys
+# to start, so the rows measure the runtime's own cost and not the wait for a key.
+BACKLOG_KEYS = 200
+BACKLOG_PREFETCH = 64
 CHUNK = 250  # backlog messages produced or published at once
 KEEP = {"retention.ms": str(3_600_000)}
-SCENARIOS = ("kafka-io", "kafka-cpu", "rabbitmq-io")
+BACKLOG_SCENARIOS = ("kafka-backlog", "rabbitmq-backlog")
+SCENARIOS = ("kafka-io", "kafka-cpu", "rabbitmq-io", *BACKLOG_SCENARIOS)
 
 
 def deadline_s(n: int) -> float:
@@ -167,6 +184,8 @@ class Probe:
         self._busy_keys: Counter[str] = Counter()
         self.active = 0
         self.peak = 0
+        self.inside = 0  # messages between entering the consume core and leaving it
+        self.peak_inside = 0
         self.idle_s = 0.0
         self._idle_since = 0.0
         self.returned: dict[Any, float] = {}  # where -> perf_counter at handler return
@@ -248,6 +267,25 @@ class Probe:
         return problems
 
 
+def watch_core(consumer: EventConsumer | TaskConsumer, probe: Probe) -> None:
+    """Counts the messages inside the consume core at once (guard, decode, span, handler,
+    settling): with a handler that returns at once, handlers never overlap, and this is
+    what shows how many messages the runtime really had going. Costs a coroutine per
+    message, in every row alike."""
+    core = consumer.core
+    inner = core.process
+
+    async def process(inbound: Inbound, link: HandlerLink) -> Outcome:
+        probe.inside += 1
+        probe.peak_inside = max(probe.peak_inside, probe.inside)
+        try:
+            return await inner(inbound, link)
+        finally:
+            probe.inside -= 1
+
+    core.process = process  # type: ignore[method-assign]
+
+
 def _where(inbound: Inbound) -> Any:
     raw = inbound.raw
     if inbound.transport == "kafka":
@@ -325,6 +363,67 @@ class CommitLog(KafkaConsumer):
         return out
 
 
+class Sent:
+    """Round trips and commands the guards' Redis client sent."""
+
+    def __init__(self) -> None:
+        self.trips = 0
+        self.commands = 0
+
+
+class CountingConnection(aioredis.Connection):
+    """The client's own connection class, counting as it packs: each command sent alone
+    is one round trip, a pipeline (however many commands) is one. Counted at the client,
+    not with Redis's `INFO`, whose counters are server-wide (other processes share the
+    server) and count commands, not round trips. Costs an increment per command. The
+    handshake of a new connection and the idle health-check PING are not the guard's
+    work and are left out (the pool grows while the first rounds run)."""
+
+    sent = Sent()  # one per process: only the guards' client uses this class
+    _in_pipeline = False
+    _upkeep = False
+
+    def pack_command(self, *args: EncodableT) -> list[bytes]:
+        if not self._upkeep:
+            self.sent.commands += 1
+            if not self._in_pipeline:
+                self.sent.trips += 1
+        return super().pack_command(*args)
+
+    def pack_commands(self, commands: Iterable[Iterable[EncodableT]]) -> list[bytes]:
+        self.sent.trips += 1
+        self._in_pipeline = True
+        try:
+            return super().pack_commands(commands)
+        finally:
+            self._in_pipeline = False
+
+    async def on_connect_check_health(self, check_health: bool = True) -> None:
+        was, self._upkeep = self._upkeep, True
+        try:
+            await super().on_connect_check_health(check_health)
+        finally:
+            self._upkeep = was
+
+    async def _send_ping(self) -> None:
+        # Also runs inside the handshake, hence the restore rather than a reset.
+        was, self._upkeep = self._upkeep, True
+        try:
+            await super()._send_ping()  # type: ignore[no-untyped-call]
+        finally:
+            self._upkeep = was
+
+
+def count_round_trips(client: aioredis.Redis) -> Sent | None:
+    """Makes `client`'s new connections count what they send (call it before the first
+    command); None when its pool uses a connection class other than the plain TCP one."""
+    pool = client.connection_pool
+    if pool.connection_class is not aioredis.Connection:
+        return None
+    pool.connection_class = CountingConnection
+    return CountingConnection.sent
+
+
 # -- the environment of a run -------------------------------------------------------------
 
 
@@ -338,6 +437,7 @@ class Env:
     counter: CountingExporter
     redis: aioredis.Redis
     spins: int
+    sent: Sent | None = None  # the guards' Redis round trips, when they can be counted
     producer: KafkaProducer | None = None
     rabbit: RabbitConnection | None = None
     topics: list[str] = field(default_factory=list)
@@ -350,8 +450,18 @@ class Env:
         self.rounds_made += 1
         return f"{self.prefix}{self.rounds_made}.{what}."
 
-    def guard(self, prefix: str) -> IdempotencyGuard:
-        return IdempotencyGuard(self.redis, namespace=prefix + "guard", ttl_s=600)
+    def guard(self, prefix: str, options: dict[str, Any] | None = None) -> IdempotencyGuard:
+        return IdempotencyGuard(self.redis, namespace=prefix + "guard", ttl_s=600, **options or {})
+
+    def redis_sent(self) -> tuple[int, int] | None:
+        """(round trips, commands) sent to Redis so far."""
+        return None if self.sent is None else (self.sent.trips, self.sent.commands)
+
+    def redis_since(self, before: tuple[int, int] | None) -> tuple[int | None, int | None]:
+        after = self.redis_sent()
+        if before is None or after is None:
+            return None, None
+        return after[0] - before[0], after[1] - before[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +475,9 @@ class Tally:
     peak: int
     idle_s: float
     pauses: int | None = None  # Kafka: pause() calls of the runtime's back-pressure
+    redis_trips: int | None = None  # the guard's round trips to Redis on the clock
+    redis_commands: int | None = None  # and the commands they carried
+    peak_inside: int = 0  # the most messages inside the consume core at once
 
     @property
     def rate(self) -> float:
@@ -453,10 +566,15 @@ async def _kafka_backlog(env: Env, prefix: str, n: int, keys: int) -> dict[int, 
 
 
 def kafka_round(
-    concurrent: bool, work: str, keys: int, max_in_flight: int | None = None
+    concurrent: bool,
+    work: str,
+    keys: int,
+    max_in_flight: int | None = None,
+    guard: dict[str, Any] | None = None,
 ) -> RoundFn:
     """`concurrent` False: one at a time through `handle`; else `EventConsumer.run`
-    (with the runtime's default `max_in_flight` unless one is given)."""
+    (with the runtime's default `max_in_flight` unless one is given). `guard`: options
+    of the `IdempotencyGuard` beyond the bench's namespace and TTL."""
     tuning: dict[str, Any] = {} if max_in_flight is None else {"max_in_flight": max_in_flight}
 
     async def one_round(env: Env, n: int) -> Tally:
@@ -478,25 +596,37 @@ def kafka_round(
                 kafka,
                 env.telemetry,
                 dead_letters=env.producer,
-                guard=env.guard(prefix),
+                guard=env.guard(prefix, guard),
                 topic_prefix=prefix,
                 **tuning,
             )
             probe = Probe(n, work, spins=env.spins, ordered=True)
             consumer.core.settler = Finishing(consumer.core.settler, probe, acks_settle=False)
+            watch_core(consumer, probe)
             _started(env)
+            sent = env.redis_sent()
             probe.start()
             if concurrent:
                 await _kafka_run(consumer, kafka, probe, ends, topic)
             else:
                 await _kafka_one_at_a_time(consumer, kafka, probe, topic)
+            trips, commands = env.redis_since(sent)
             expected = {f"run-{i:06d}" for i in range(n)}
             _verdict(probe, expected, consumer.counts, topic)
             settle = kafka.settle_ms(probe.returned)
             if len(settle) != n:
                 raise AssertionError(f"{topic}: {n - len(settle)} records never committed")
             return Tally(
-                n, probe.seconds, probe.cpu_s, settle, probe.peak, probe.idle_s, kafka.pauses
+                n,
+                probe.seconds,
+                probe.cpu_s,
+                settle,
+                probe.peak,
+                probe.idle_s,
+                kafka.pauses,
+                trips,
+                commands,
+                probe.peak_inside,
             )
         finally:
             await kafka.close()
@@ -563,8 +693,11 @@ async def _rabbit_backlog(env: Env, prefix: str, n: int) -> set[str]:
     return run_ids
 
 
-def rabbit_round(prefetch: int | None) -> RoundFn:
-    """`prefetch` None: one at a time through `handle`; else `TaskConsumer.run`."""
+def rabbit_round(
+    prefetch: int | None, work: str = "io", guard: dict[str, Any] | None = None
+) -> RoundFn:
+    """`prefetch` None: one at a time through `handle`; else `TaskConsumer.run`.
+    `guard`: options of the `IdempotencyGuard`, as in `kafka_round`."""
 
     async def one_round(env: Env, n: int) -> Tally:
         assert env.rabbit is not None
@@ -579,12 +712,14 @@ def rabbit_round(prefetch: int | None) -> RoundFn:
             env.telemetry,
             TASK,
             topology=topo,
-            guard=env.guard(prefix),
+            guard=env.guard(prefix, guard),
             prefetch=prefetch or 16,
         )
-        probe = Probe(n, "io", spins=0, ordered=False)
+        probe = Probe(n, work, spins=env.spins, ordered=False)
         consumer.core.settler = Finishing(consumer.core.settler, probe, acks_settle=True)
+        watch_core(consumer, probe)
         _started(env)
+        sent = env.redis_sent()
         probe.start()
         if prefetch is None:
             await _rabbit_one_at_a_time(consumer, rabbit, probe, topo.queue)
@@ -596,8 +731,19 @@ def rabbit_round(prefetch: int | None) -> RoundFn:
             finally:
                 stop.set()
                 await asyncio.wait_for(task, 60)
+        trips, commands = env.redis_since(sent)
         _verdict(probe, expected, consumer.counts, topo.queue)
-        return Tally(n, probe.seconds, probe.cpu_s, probe.settle_ms, probe.peak, probe.idle_s)
+        return Tally(
+            n,
+            probe.seconds,
+            probe.cpu_s,
+            probe.settle_ms,
+            probe.peak,
+            probe.idle_s,
+            redis_trips=trips,
+            redis_commands=commands,
+            peak_inside=probe.peak_inside,
+        )
 
     return one_round
 
@@ -619,7 +765,23 @@ async def _rabbit_one_at_a_time(
 # -- scenarios ----------------------------------------------------------------------------
 
 
-def variants_of(scenario: str, load: Load) -> list[Variant]:
+def guard_batches() -> bool:
+    """The guard can coalesce concurrent calls into one pipelined round trip (and so
+    can be told not to): `IdempotencyGuard(..., batching=...)`."""
+    return "batching" in inspect.signature(IdempotencyGuard).parameters
+
+
+UNBATCHED = {"batching": False}
+NO_BATCHING_NOTE = (
+    "row '{row}' skipped: this IdempotencyGuard has no `batching` option, so the row "
+    "above already runs the guard one round trip per call"
+)
+
+
+def variants_of(scenario: str, load: Load) -> tuple[list[Variant], list[str]]:
+    """The rows of `scenario`, and notes on rows left out."""
+    if scenario in BACKLOG_SCENARIOS:
+        return _backlog_variants(scenario)
     if scenario in ("kafka-io", "kafka-cpu"):
         work = scenario.split("-")[1]
         variants = [
@@ -642,12 +804,31 @@ def variants_of(scenario: str, load: Load) -> list[Variant]:
                     kafka_round(False, "none", load.keys),
                 )
             )
-        return variants
+        return variants, []
     return [
         Variant("one-at-a-time", rabbit_round(None)),
         Variant("TaskConsumer.run prefetch 16", rabbit_round(16)),
         Variant("TaskConsumer.run prefetch 64", rabbit_round(64)),
-    ]
+    ], []
+
+
+def _backlog_variants(scenario: str) -> tuple[list[Variant], list[str]]:
+    """The consumer's own cost per message: the handler returns at once, so the rows
+    differ only in how the runtime gets each message through its steps."""
+    kafka = scenario == "kafka-backlog"
+
+    def rows(concurrent: bool, guard: dict[str, Any] | None = None) -> RoundFn:
+        if kafka:
+            return kafka_round(concurrent, "none", BACKLOG_KEYS, guard=guard)
+        return rabbit_round(BACKLOG_PREFETCH if concurrent else None, "none", guard)
+
+    run = "EventConsumer.run" if kafka else f"TaskConsumer.run prefetch {BACKLOG_PREFETCH}"
+    variants = [Variant("one-at-a-time", rows(False)), Variant(run, rows(True))]
+    # A diagnostic: what the guard's coalescing of concurrent calls is worth to `run`.
+    off = f"{run}, guard batching off"
+    if not guard_batches():
+        return variants, [NO_BATCHING_NOTE.format(row=off)]
+    return [*variants, Variant(off, rows(True, UNBATCHED))], []
 
 
 TITLES = {
@@ -656,11 +837,14 @@ TITLES = {
     "kafka-cpu": "Kafka, {n} records over {keys} keys on 3 partitions, guard on, "
     "CPU-only handler ({cpu:.1f} ms of pure Python, no await)",
     "rabbitmq-io": "RabbitMQ, {n} tasks, guard on, handler awaits 5 ms",
+    "kafka-backlog": "Kafka, {n} records over {backlog_keys} keys on 3 partitions, guard on, "
+    "handler returns at once (the consumer's own cost per message)",
+    "rabbitmq-backlog": "RabbitMQ, {n} tasks, guard on, handler returns at once "
+    "(the consumer's own cost per message)",
 }
 
 
-async def run_scenario(env: Env, scenario: str, load: Load) -> list[Variant]:
-    variants = variants_of(scenario, load)
+async def run_scenario(env: Env, variants: list[Variant], load: Load) -> list[Variant]:
     for v in variants:
         log(f"  {v.name}: warm-up ({load.warmup})")
         await v.round(env, load.warmup)
@@ -671,7 +855,8 @@ async def run_scenario(env: Env, scenario: str, load: Load) -> list[Variant]:
             v.tallies.append(tally)
             log(
                 f"  round {r + 1}/{load.rounds} {v.name}: {tally.rate:,.0f} msgs/s, "
-                f"CPU {tally.cpu_s / tally.n * 1e6:,.0f} µs/msg, peak {tally.peak} at once"
+                f"CPU {tally.cpu_s / tally.n * 1e6:,.0f} µs/msg, peak {tally.peak} at once "
+                f"({tally.peak_inside} in the core)"
             )
     return variants
 
@@ -683,6 +868,26 @@ def _q(samples: Sequence[float], p: int) -> float:
     if len(samples) < 2:
         return samples[0] if samples else float("nan")
     return statistics.quantiles(samples, n=100, method="inclusive")[p - 1]
+
+
+ROUND_FIELDS = (
+    "n",
+    "seconds",
+    "cpu_s",
+    "peak",
+    "idle_s",
+    "pauses",
+    "peak_inside",
+    "redis_trips",
+    "redis_commands",
+)
+
+
+def _per_msg(counts: Sequence[tuple[int | None, int]]) -> float | None:
+    """The median per message over the rounds; None when a round could not count."""
+    if not counts or any(c is None for c, _ in counts):
+        return None
+    return statistics.median((c or 0) / n for c, n in counts)
 
 
 def summary(v: Variant) -> dict[str, Any]:
@@ -697,19 +902,30 @@ def summary(v: Variant) -> dict[str, Any]:
         "settle_p99_ms": _q(settle, 99),
         "cpu_s_per_1000": statistics.median(t.cpu_s / t.n * 1000 for t in v.tallies),
         "peak_at_once": max(t.peak for t in v.tallies),
+        "peak_in_core": max(t.peak_inside for t in v.tallies),
         "idle_share": statistics.median(t.idle_s / t.seconds for t in v.tallies),
         "pauses_per_round": statistics.median(pauses) if pauses else None,
+        "redis_trips_per_msg": _per_msg([(t.redis_trips, t.n) for t in v.tallies]),
+        "redis_commands_per_msg": _per_msg([(t.redis_commands, t.n) for t in v.tallies]),
         "rounds": [
-            {k: getattr(t, k) for k in ("n", "seconds", "cpu_s", "peak", "idle_s", "pauses")}
-            | {"msgs_per_s": t.rate}
-            for t in v.tallies
+            {k: getattr(t, k) for k in ROUND_FIELDS} | {"msgs_per_s": t.rate} for t in v.tallies
         ],
     }
 
 
-def table(rows: Sequence[dict[str, Any]]) -> str:
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(rows: Sequence[dict[str, Any]], *, in_core: bool = False) -> str:
+    """`in_core`: the handler returns at once, so no two handlers ever run at the same
+    moment and almost no time has one running; the table shows the messages inside the
+    consume core at once instead of those two columns."""
     base = rows[0]
     kafka = any(r["pauses_per_round"] is not None for r in rows)
+    at_once: tuple[str, ...] = (
+        ("peak in core",) if in_core else ("peak at once", "no handler running")
+    )
     header = (
         "variant",
         "msgs/s",
@@ -719,8 +935,9 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         "settle p99 ms",
         "CPU s/1000 msgs",
         "CPU ratio",
-        "peak at once",
-        "no handler running",
+        "Redis trips/msg",
+        "Redis cmds/msg",
+        *at_once,
         *(("pauses/round",) if kafka else ()),
     )
     body = [
@@ -733,8 +950,13 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
             f"{r['settle_p99_ms']:.1f}",
             f"{r['cpu_s_per_1000']:.2f}",
             f"{r['cpu_s_per_1000'] / base['cpu_s_per_1000']:.2f}x",
-            str(r["peak_at_once"]),
-            f"{r['idle_share']:.0%}",
+            _num(r["redis_trips_per_msg"], ".2f"),
+            _num(r["redis_commands_per_msg"], ".2f"),
+            *(
+                (str(r["peak_in_core"]),)
+                if in_core
+                else (str(r["peak_at_once"]), f"{r['idle_share']:.0%}")
+            ),
             *((f"{r['pauses_per_round']:g}",) if kafka else ()),
         )
         for r in rows
@@ -775,11 +997,13 @@ async def run(args: argparse.Namespace) -> int:
         f"{os.cpu_count()} CPUs, load {load_start[0]:.2f}; CPU handler {cpu_ms:.2f} ms"
     )
     results: dict[str, list[dict[str, Any]]] = {}
+    notes: dict[str, list[str]] = {}
     failures: dict[str, str] = {}
     t_all = time.monotonic()
     async with AsyncExitStack() as stack:
         telemetry, counter = counting_telemetry(stack, "bench-consumers")
         env = Env(settings, prefix, telemetry, counter, redis_for(stack, settings, prefix), spins)
+        env.sent = count_round_trips(env.redis)  # before its first command
         stack.push_async_callback(_clean_up, env)  # registered before anything is made
         if "kafka" in services:
             env.producer = KafkaProducer(settings)
@@ -791,7 +1015,10 @@ async def run(args: argparse.Namespace) -> int:
             log(f"{scenario}:")
             t0 = time.monotonic()
             try:
-                variants = await run_scenario(env, scenario, load)
+                variants, notes[scenario] = variants_of(scenario, load)
+                for note in notes[scenario]:
+                    log(f"  {note}")
+                variants = await run_scenario(env, variants, load)
             except Exception as exc:
                 failures[scenario] = repr(exc)
                 log(f"{scenario}: FAILED: {exc!r}")
@@ -803,13 +1030,16 @@ async def run(args: argparse.Namespace) -> int:
     load_end = os.getloadavg()
     log(f"all scenarios in {time.monotonic() - t_all:.1f} s; load {load_end[0]:.2f}")
 
-    title = {"n": load.n, "keys": load.keys, "cpu": cpu_ms}
+    title = {"n": load.n, "keys": load.keys, "backlog_keys": BACKLOG_KEYS, "cpu": cpu_ms}
     parts = [
         f"msgs/s: median over {load.rounds} rounds; ratio and CPU ratio against one-at-a-time; "
-        "settle: handler returned -> offset commit confirmed (Kafka) or ack (RabbitMQ)."
+        "settle: handler returned -> offset commit confirmed (Kafka) or ack (RabbitMQ); "
+        "Redis trips and cmds: what the guard sent, per message."
     ]
     for scenario, rows in results.items():
-        parts += ["", TITLES[scenario].format(**title) + ":", "", table(rows)]
+        backlog = scenario in BACKLOG_SCENARIOS
+        parts += ["", TITLES[scenario].format(**title) + ":", "", table(rows, in_core=backlog)]
+        parts += [f"\nNote: {note}" for note in notes.get(scenario, [])]
     if failures:
         parts += ["", "Failed: " + "; ".join(f"{k}: {v}" for k, v in failures.items())]
     print("\n".join(parts))
@@ -818,6 +1048,8 @@ async def run(args: argparse.Namespace) -> int:
             "started": started.isoformat(),
             "quick": args.quick,
             "load": asdict(load),
+            "backlog_keys": BACKLOG_KEYS,
+            "guard_batching": guard_batches(),
             "cpu_handler_ms": cpu_ms,
             "io_handler_ms": IO_S * 1000,
             "machine": {
@@ -828,6 +1060,7 @@ async def run(args: argparse.Namespace) -> int:
                 "loadavg_end": load_end,
             },
             "scenarios": results,
+            "notes": {k: v for k, v in notes.items() if v},
             "spans": spans,
             "names": {"prefix": prefix, "topics": len(env.topics), "queues": len(env.topos)},
             "failures": failures,
@@ -845,7 +1078,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "one-at-a-time consuming, on the real brokers, interleaved in one run.",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="smaller backlogs and fewer rounds (about 45 s)"
+        "--quick", action="store_true", help="smaller backlogs and fewer rounds (about 1.5 minutes)"
     )
     parser.add_argument(
         "--scenario",

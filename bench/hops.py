@@ -1,11 +1,14 @@
-"""Per-hop benchmark: each hop done by bare clients and through agentflux, in one run.
+"""Per-hop benchmark: each hop done by bare clients, with the stock OpenTelemetry
+instrumentation and through agentflux, in one run.
 
     .venv/bin/python -m bench.hops [--quick] [--hop NAME ...] [--json PATH]
 
 Hops (`--hop`): grpc, kafka, rabbitmq, redis, memcached, guard. Every hop measures its
-raw baseline and its agentflux variants in interleaved rounds (raw, agentflux, ...,
-then the reverse order, and so on) after a warm-up, so the noise of a shared machine
-lands on all of them alike. The number to read is the ratio agentflux/raw from the same
+raw baseline, its stock baseline (gRPC, Kafka and RabbitMQ: the contrib instrumentation
+a user would install, plus the context headers agentflux carries, added by hand) and its
+agentflux variants in interleaved rounds (raw, stock, agentflux, ..., then the reverse
+order, and so on) after a warm-up, so the noise of a shared machine lands on all of them
+alike. The numbers to read are the ratios agentflux/raw and agentflux/stock from the same
 run; absolute times on a shared 2-core machine prove little. Everything the bench
 creates (topics, consumer groups, queues, exchanges, keys, span files) lives under a
 `bench.<random>.` prefix or a temporary folder and is removed at the end, and every
@@ -16,22 +19,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import gc
 import ipaddress
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -42,12 +47,19 @@ from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import Message as Record
 from confluent_kafka.admin import AdminClient
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.aio_pika import AioPikaInstrumentor
+from opentelemetry.instrumentation.confluent_kafka import ConfluentKafkaInstrumentor
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Span, SpanKind
 
 from interceptors import (
     EventConsumer,
     EventProducer,
+    FluxContext,
     IdempotencyGuard,
     Incoming,
     Outcome,
@@ -55,6 +67,7 @@ from interceptors import (
     TaskConsumer,
     TaskPublisher,
     Telemetry,
+    bind,
     client_interceptors,
     instrument_caches,
     uninstrument_caches,
@@ -104,7 +117,8 @@ class Plan:
     burst_rounds: int = 0
 
 
-# Sized so that all hops take about 60 s (--quick: about 15 s) on a quiet 2-core machine.
+# Sized so that all hops took about 60 s (--quick: about 15 s) on a quiet 2-core machine
+# before the stock baselines, which make the gRPC, Kafka and RabbitMQ hops about a third longer.
 PLANS: dict[str, Plan] = {
     "grpc": Plan(5000, 10, 300, burst=200, burst_rounds=6),
     "kafka": Plan(2000, 10, 30, burst=300, burst_rounds=6),
@@ -122,23 +136,30 @@ QUICK_PLANS: dict[str, Plan] = {
     "guard": Plan(1800, 6, 50),
 }
 HOP_NAMES = tuple(PLANS)
+# A decoded payload: what the stock consumers check the headers against.
+M = TypeVar("M", events_pb2.AgentRequested, tasks_pb2.ToolTask)
 
 Op = Callable[[], Awaitable[None]]
 Burst = Callable[[int], Awaitable[None]]
 Hook = Callable[[], None]
+
+RAW, STOCK, AGENTFLUX = "raw", "stock", "agentflux"  # Variant.kind
 
 
 @dataclass(slots=True)
 class Variant:
     """One way of doing a hop: `op` is one timed operation (a round trip, a GET);
     `burst(k)` puts k of them in flight at once; `enter`/`leave` run around each of
-    its rounds, untimed (switching the cache instrumentation on and off)."""
+    its rounds, untimed (switching a process-wide instrumentation on and off). `kind`
+    says what it is beside the others: the raw baseline, a stock baseline, or agentflux
+    (references that are neither count as agentflux, and are labelled so)."""
 
     name: str
     op: Op
     burst: Burst | None = None
     enter: Hook | None = None
     leave: Hook | None = None
+    kind: str = AGENTFLUX
 
 
 def log(message: str) -> None:
@@ -188,24 +209,43 @@ async def measure(variants: Sequence[Variant], plan: Plan) -> dict[str, list[flo
     return samples
 
 
-async def measure_bursts(variants: Sequence[Variant], plan: Plan) -> dict[str, list[float]]:
-    """Operations per second of each variant with `plan.burst` in flight, per round."""
+@dataclass(slots=True)
+class Bursts:
+    """Per variant and throughput round: operations per second, and the process's CPU
+    time per operation in µs (every thread: librdkafka's, grpc's and the span
+    processors' count too, as they would in a service)."""
+
+    rates: dict[str, list[float]] = field(default_factory=dict)
+    cpu_us: dict[str, list[float]] = field(default_factory=dict)
+    warmup: int = 0  # operations of the untimed warm-up burst
+
+
+async def measure_bursts(variants: Sequence[Variant], plan: Plan) -> Bursts:
+    """Operations per second and CPU per operation of each variant with `plan.burst`
+    in flight, per round."""
     bursty = [v for v in variants if v.burst is not None]
     if not plan.burst or not plan.burst_rounds or len(bursty) < 2:
-        return {}
+        return Bursts()
+    out = Bursts(warmup=min(plan.burst, 50))
     for v in bursty:  # warm the batching paths too
         assert v.burst is not None
         with _round_of(v):
-            await v.burst(min(plan.burst, 50))
-    rates: dict[str, list[float]] = {v.name: [] for v in bursty}
+            await v.burst(out.warmup)
+    for v in bursty:
+        out.rates[v.name] = []
+        out.cpu_us[v.name] = []
     for order in _orders(bursty, plan.burst_rounds):
         for v in order:
             assert v.burst is not None
             with _round_of(v):
+                c0 = time.process_time()
                 t0 = time.perf_counter()
                 await v.burst(plan.burst)
-                rates[v.name].append(plan.burst / (time.perf_counter() - t0))
-    return rates
+                wall = time.perf_counter() - t0
+                cpu = time.process_time() - c0
+            out.rates[v.name].append(plan.burst / wall)
+            out.cpu_us[v.name].append(cpu / plan.burst * 1e6)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,14 +268,26 @@ class Stats:
         )
 
 
+def _ratio(value: float, base: float | None) -> float | None:
+    return None if base is None else value / base
+
+
+def _median(values: list[float] | None) -> float | None:
+    return statistics.median(values) if values else None
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One agentflux variant of a hop beside the raw baseline of the same run."""
+    """The latency of one variant of a hop beside the raw baseline of the same run and,
+    for a variant that is not itself a baseline, beside the hop's stock baseline."""
 
     hop: str
     variant: str
+    kind: str
+    stats: Stats
     raw: Stats
-    flux: Stats
+    stock: Stats | None = None
+    stock_variant: str = ""
 
     @property
     def label(self) -> str:
@@ -243,55 +295,94 @@ class Row:
 
     @property
     def ratio_p50(self) -> float:
-        return self.flux.p50 / self.raw.p50
+        return self.stats.p50 / self.raw.p50
 
     @property
     def ratio_p99(self) -> float:
-        return self.flux.p99 / self.raw.p99
+        return self.stats.p99 / self.raw.p99
+
+    @property
+    def stock_ratio_p50(self) -> float | None:
+        return _ratio(self.stats.p50, self.stock.p50 if self.stock else None)
+
+    @property
+    def stock_ratio_p99(self) -> float | None:
+        return _ratio(self.stats.p99, self.stock.p99 if self.stock else None)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "hop": self.hop,
             "variant": self.variant,
+            "kind": self.kind,
+            "stats": asdict(self.stats),
             "raw": asdict(self.raw),
-            "agentflux": asdict(self.flux),
             "ratio_p50": self.ratio_p50,
             "ratio_p99": self.ratio_p99,
+            "stock_variant": self.stock_variant or None,
+            "stock": asdict(self.stock) if self.stock else None,
+            "stock_ratio_p50": self.stock_ratio_p50,
+            "stock_ratio_p99": self.stock_ratio_p99,
         }
 
 
 @dataclass(frozen=True, slots=True)
 class RateRow:
-    """Throughput of one agentflux variant beside the raw baseline (median of rounds)."""
+    """Throughput and CPU per operation of one variant beside the raw baseline and (as
+    in `Row`) the stock one; medians of the rounds."""
 
     hop: str
     variant: str
+    kind: str
     in_flight: int
+    rounds: list[float]
+    cpu_rounds: list[float]
     raw_rounds: list[float]
-    flux_rounds: list[float]
+    raw_cpu_rounds: list[float]
+    stock_rounds: list[float] | None = None
+    stock_cpu_rounds: list[float] | None = None
+    stock_variant: str = ""
 
     @property
-    def raw(self) -> float:
-        return statistics.median(self.raw_rounds)
+    def rate(self) -> float:
+        return statistics.median(self.rounds)
 
     @property
-    def flux(self) -> float:
-        return statistics.median(self.flux_rounds)
+    def cpu_us(self) -> float:
+        return statistics.median(self.cpu_rounds)
 
     @property
     def ratio(self) -> float:
-        return self.flux / self.raw
+        return self.rate / statistics.median(self.raw_rounds)
+
+    @property
+    def cpu_ratio(self) -> float:
+        return self.cpu_us / statistics.median(self.raw_cpu_rounds)
+
+    @property
+    def stock_ratio(self) -> float | None:
+        return _ratio(self.rate, _median(self.stock_rounds))
+
+    @property
+    def stock_cpu_ratio(self) -> float | None:
+        return _ratio(self.cpu_us, _median(self.stock_cpu_rounds))
 
     def to_json(self) -> dict[str, Any]:
         return {
             "hop": self.hop,
             "variant": self.variant,
+            "kind": self.kind,
             "in_flight": self.in_flight,
-            "raw_ops_per_s": self.raw,
-            "agentflux_ops_per_s": self.flux,
+            "ops_per_s": self.rate,
+            "cpu_us_per_op": self.cpu_us,
             "ratio": self.ratio,
+            "cpu_ratio": self.cpu_ratio,
+            "stock_variant": self.stock_variant or None,
+            "stock_ratio": self.stock_ratio,
+            "stock_cpu_ratio": self.stock_cpu_ratio,
+            "rounds": self.rounds,
+            "cpu_us_rounds": self.cpu_rounds,
             "raw_rounds": self.raw_rounds,
-            "agentflux_rounds": self.flux_rounds,
+            "raw_cpu_us_rounds": self.raw_cpu_rounds,
         }
 
 
@@ -303,21 +394,72 @@ class HopResult:
     notes: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     loadavg: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())
+    stock_variant: str = ""  # what the hop's "vs stock" columns compare against
+    ops: dict[str, int] = field(default_factory=dict)  # operations done per variant
 
 
 async def run_hop(
-    name: str, label: str, variants: Sequence[Variant], plan: Plan, notes: dict[str, Any]
+    name: str,
+    label: str,
+    variants: Sequence[Variant],
+    plan: Plan,
+    notes: dict[str, Any],
+    *,
+    stock: str = "",
 ) -> HopResult:
-    """Measures `variants` (the first is the raw baseline) and compares the others to it."""
+    """Measures `variants` (the first is the raw baseline) and compares the others to it
+    and, those that are not baselines themselves, to the stock variant named `stock`."""
     samples = await measure(variants, plan)
-    rates = await measure_bursts(variants, plan)
+    bursts = await measure_bursts(variants, plan)
     raw = variants[0].name
-    result = HopResult(name, [], notes=notes)
-    for v in variants[1:]:
-        result.rows.append(Row(label, v.name, Stats.of(samples[raw]), Stats.of(samples[v.name])))
-        if raw in rates and v.name in rates:
-            result.rates.append(RateRow(label, v.name, plan.burst, rates[raw], rates[v.name]))
+    result = HopResult(name, [], notes=notes, stock_variant=stock)
+    for v in variants:
+        result.ops[v.name] = plan.warmup + len(samples[v.name])
+        if v.name in bursts.rates:
+            result.ops[v.name] += bursts.warmup + plan.burst * len(bursts.rates[v.name])
+    for v in variants:
+        against = stock if stock and v.kind == AGENTFLUX else ""
+        result.rows.append(
+            Row(
+                label,
+                v.name,
+                v.kind,
+                Stats.of(samples[v.name]),
+                Stats.of(samples[raw]),
+                Stats.of(samples[against]) if against else None,
+                against,
+            )
+        )
+        if raw in bursts.rates and v.name in bursts.rates:
+            result.rates.append(
+                RateRow(
+                    label,
+                    v.name,
+                    v.kind,
+                    plan.burst,
+                    bursts.rates[v.name],
+                    bursts.cpu_us[v.name],
+                    bursts.rates[raw],
+                    bursts.cpu_us[raw],
+                    bursts.rates.get(against) if against else None,
+                    bursts.cpu_us.get(against) if against else None,
+                    against,
+                )
+            )
     return result
+
+
+def record_spans(result: HopResult, counts: Mapping[str, int]) -> None:
+    """Puts the spans each traced variant exported, in all and per operation, in the
+    notes. A traced variant that exported none is broken (an instrumentation that does
+    not see the bench's calls measures nothing): the hop fails rather than report it."""
+    result.notes["spans"] = dict(counts)
+    result.notes["spans_per_op"] = {
+        name: round(count / result.ops[name], 2) for name, count in counts.items()
+    }
+    silent = [name for name, count in counts.items() if count == 0]
+    if silent:
+        raise RuntimeError(f"no spans exported by: {', '.join(silent)}")
 
 
 # -- telemetry and clean-up helpers ------------------------------------------------------
@@ -352,6 +494,142 @@ def counting_telemetry(stack: AsyncExitStack, service: str) -> tuple[Telemetry, 
 def exported(telemetry: Telemetry, counter: CountingExporter) -> int:
     telemetry.flush()
     return counter.count
+
+
+# -- the stock baseline: contrib instrumentation, context by hand ----------------------
+
+
+def stock_provider(stack: AsyncExitStack, service: str) -> tuple[TracerProvider, CountingExporter]:
+    """What a user of the contrib instrumentations sets up: the SDK's TracerProvider
+    exporting through a BatchSpanProcessor with the delay `Telemetry.create` uses, here
+    into a counter that drops the spans. No agentflux code; shut down with the hop."""
+    counter = CountingExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(BatchSpanProcessor(counter, schedule_delay_millis=500))
+    stack.callback(provider.shutdown)
+    return provider, counter
+
+
+def stock_exported(provider: TracerProvider, counter: CountingExporter) -> int:
+    provider.force_flush()
+    return counter.count
+
+
+@dataclass(frozen=True, slots=True)
+class Handling:
+    """The context of the work being done, as a stock user would keep it: a contextvar
+    of their own (`_handling`) rather than agentflux's `FluxContext`, with the fields the
+    hops carry. `event_id` is the id of the call or message being handled."""
+
+    correlation_id: str
+    event_id: str
+    causation_id: str = ""
+    tenant_id: str = ""
+    run_id: str = ""
+    deadline: float | None = None
+
+    def attributes(self) -> dict[str, str]:
+        """The context as span attributes, empty fields left out (as agentflux does)."""
+        pairs = {
+            "app.correlation_id": self.correlation_id,
+            "app.causation_id": self.causation_id,
+            "app.tenant_id": self.tenant_id,
+            "app.run_id": self.run_id,
+        }
+        return {k: v for k, v in pairs.items() if v}
+
+
+_handling: contextvars.ContextVar[Handling | None] = contextvars.ContextVar(
+    "bench_handling", default=None
+)
+# The stock variants check every id that arrives or leaves, as agentflux does, with one
+# pattern (agentflux's checks differ per field; the work is one match per value).
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+@contextlib.contextmanager
+def handling(tenant_id: str = "", run_id: str = "") -> Iterator[None]:
+    """Binds one context for agentflux (`bind`) and for the stock variants (`_handling`)
+    around a hop's rounds, as in a service handling a run: calls and messages then carry
+    correlation, causation, tenant and run on both sides alike (outside any context,
+    agentflux would send only the ids it makes up). The messaging hops leave tenant and
+    run to the payload: the consumers refuse a header that disagrees with it."""
+    outer = Handling(uuid.uuid4().hex, uuid.uuid4().hex, tenant_id=tenant_id, run_id=run_id)
+    token = _handling.set(outer)
+    try:
+        flux = FluxContext(
+            correlation_id=outer.correlation_id,
+            event_id=outer.event_id,
+            tenant_id=tenant_id,
+            run_id=run_id,
+        )
+        with bind(flux):
+            yield
+    finally:
+        _handling.reset(token)
+
+
+def stock_headers(type_name: str, tenant_id: str, run_id: str) -> dict[str, str]:
+    """The CloudEvents attributes and context agentflux puts on a message, by hand. The
+    contrib instrumentations inject `traceparent` themselves: adding it here as well
+    would send it twice (the Kafka one appends to the header list)."""
+    outer = _handling.get()
+    headers = {
+        "ce_specversion": "1.0",
+        "ce_type": type_name,
+        "ce_source": SOURCE,
+        "ce_id": uuid.uuid4().hex,
+        "ce_time": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "content-type": PROTOBUF,
+        "ce_correlationid": outer.correlation_id if outer else uuid.uuid4().hex,
+    }
+    if outer is not None:  # caused by the work being handled
+        headers["ce_causationid"] = outer.event_id
+        tenant_id = outer.tenant_id or tenant_id
+        run_id = outer.run_id or run_id
+    # Payload values become headers: checked here, at their source.
+    for key, value in (("ce_tenantid", tenant_id), ("ce_runid", run_id)):
+        if value:
+            if not _ID.fullmatch(value):
+                raise ValueError(f"{key} {value!r} is not a well-formed id")
+            headers[key] = value
+    return headers
+
+
+def stock_received(headers: Mapping[str, str]) -> Handling:
+    """The context of a message, read by hand: each id checked, a malformed or missing
+    one dropped (a fresh id where one is needed: a queued message cannot be refused back
+    to its sender), the deadline read."""
+
+    def one(key: str) -> str:
+        value = headers.get(key, "")
+        return value if value and _ID.fullmatch(value) else ""
+
+    deadline_ms = headers.get("ce_deadline", "")
+    return Handling(
+        one("ce_correlationid") or uuid.uuid4().hex,
+        one("ce_id") or uuid.uuid4().hex,
+        one("ce_causationid"),
+        one("ce_tenantid"),
+        one("ce_runid"),
+        int(deadline_ms) / 1000 if deadline_ms.isdigit() else None,
+    )
+
+
+def stock_handle(headers: Mapping[str, str], span: Span, payload: M) -> M:
+    """What a stock consumer does around its handler, by hand: the context read from the
+    headers, put on the span, checked against the decoded payload and bound while the
+    handler runs (the bench's handler does nothing)."""
+    ctx = stock_received(headers)
+    span.set_attributes(ctx.attributes())
+    token = _handling.set(ctx)
+    try:
+        for name, said in (("tenant_id", ctx.tenant_id), ("run_id", ctx.run_id)):
+            if said and said != getattr(payload, name):
+                raise RuntimeError(f"header {name} {said!r} disagrees with the payload")
+        return payload
+    finally:
+        _handling.reset(token)
 
 
 async def quietly(what: str, action: Awaitable[Any]) -> None:
@@ -417,16 +695,95 @@ class _PassThroughClient(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(details, request)
 
 
+class _StockGateway(_Gateway):
+    """The trivial gateway plus, by hand, the context work agentflux's server
+    interceptor does, as a stock user would write it in the handler (the contrib
+    interceptor already wraps it, so no second interceptor is paid for): read and check
+    the context metadata, make up the missing ids, echo the correlation and request ids
+    as initial metadata, read the deadline, put the context on the SERVER span and bind
+    it while the handler runs."""
+
+    async def GetRun(  # noqa: N802 - the generated method name
+        self, request: gateway_pb2.GetRunRequest, context: Any
+    ) -> gateway_pb2.GetRunResponse:
+        got = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        for key in _STOCK_GRPC_KEYS:
+            value = got.get(key)
+            if value is not None and not _ID.fullmatch(value):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {key}")
+        remaining = context.time_remaining()
+        ctx = Handling(
+            got.get("x-correlation-id") or uuid.uuid4().hex,
+            got.get("x-request-id") or uuid.uuid4().hex,
+            got.get("x-causation-id", ""),
+            got.get("x-tenant-id", ""),
+            got.get("x-run-id", ""),
+            None if remaining is None else time.time() + remaining,
+        )
+        await context.send_initial_metadata(
+            (("x-correlation-id", ctx.correlation_id), ("x-request-id", ctx.event_id))
+        )
+        trace.get_current_span().set_attributes(ctx.attributes())
+        token = _handling.set(ctx)
+        try:
+            return await super().GetRun(request, context)
+        finally:
+            _handling.reset(token)
+
+
+_STOCK_GRPC_KEYS = ("x-correlation-id", "x-causation-id", "x-request-id", "x-tenant-id", "x-run-id")
+
+
+def stock_call_metadata() -> tuple[tuple[str, str], ...]:
+    """The context metadata agentflux's client interceptor sends, added to each call by
+    hand: the correlation of the work being handled, a fresh request id caused by it,
+    tenant and run (`traceparent` comes from the contrib interceptor)."""
+    outer = _handling.get()
+    request_id = uuid.uuid4().hex
+    if outer is None:  # the edge: a new correlation
+        return (("x-correlation-id", uuid.uuid4().hex), ("x-request-id", request_id))
+    pairs = [
+        ("x-correlation-id", outer.correlation_id),
+        ("x-causation-id", outer.event_id),
+        ("x-request-id", request_id),
+    ]
+    if outer.tenant_id:
+        pairs.append(("x-tenant-id", outer.tenant_id))
+    if outer.run_id:
+        pairs.append(("x-run-id", outer.run_id))
+    return tuple(pairs)
+
+
+def stock_timeout() -> float:
+    """The call's timeout capped by the bound deadline, as agentflux's client does."""
+    outer = _handling.get()
+    if outer is None or outer.deadline is None:
+        return TIMEOUT_S
+    return min(TIMEOUT_S, max(0.0, outer.deadline - time.time()))
+
+
+def stock_grpc_interceptors(
+    provider: TracerProvider,
+) -> tuple[list[grpc.aio.ServerInterceptor], list[grpc.aio.ClientInterceptor]]:
+    """`opentelemetry-instrumentation-grpc`'s aio server interceptor and client
+    interceptors (one per arity), on `provider`."""
+    # The contrib factories carry no annotations.
+    server = aio_server_interceptor(tracer_provider=provider)  # type: ignore[no-untyped-call]
+    client = aio_client_interceptors(tracer_provider=provider)  # type: ignore[no-untyped-call]
+    return [server], list(client)
+
+
 async def _grpc_pair(
     stack: AsyncExitStack,
     server_side: Sequence[grpc.aio.ServerInterceptor] = (),
     client_side: Sequence[grpc.aio.ClientInterceptor] = (),
+    gateway: _Gateway | None = None,
 ) -> gateway_pb2_grpc.AgentGatewayStub:
     """A grpc.aio server on loopback and a client channel to it."""
     server = grpc.aio.server(interceptors=list(server_side))
     # Only GetRun is served; the stub's other methods are never called.
-    gateway = _Gateway()  # type: ignore[abstract]
-    gateway_pb2_grpc.add_AgentGatewayServicer_to_server(gateway, server)
+    servicer = gateway or _Gateway()  # type: ignore[abstract]
+    gateway_pb2_grpc.add_AgentGatewayServicer_to_server(servicer, server)
     port = server.add_insecure_port(f"{LOOPBACK}:0")
     await server.start()
     stack.push_async_callback(server.stop, None)
@@ -437,16 +794,23 @@ async def _grpc_pair(
     return gateway_pb2_grpc.AgentGatewayStub(channel)
 
 
-def _unary(stub: gateway_pb2_grpc.AgentGatewayStub) -> tuple[Op, Burst]:
+def _unary(stub: gateway_pb2_grpc.AgentGatewayStub, *, by_hand: bool = False) -> tuple[Op, Burst]:
+    """GetRun once, or k at once; `by_hand` adds the stock variant's context metadata
+    and deadline to each call."""
     # grpc.aio calls are awaitables; the generated stubs type them as plain responses.
     get_run: Any = stub.GetRun
     request = gateway_pb2.GetRunRequest(run_id="run-bench")
 
+    def call() -> Any:
+        if by_hand:
+            return get_run(request, timeout=stock_timeout(), metadata=stock_call_metadata())
+        return get_run(request, timeout=TIMEOUT_S)
+
     async def op() -> None:
-        await get_run(request, timeout=TIMEOUT_S)
+        await call()
 
     async def burst(k: int) -> None:
-        await asyncio.gather(*(get_run(request, timeout=TIMEOUT_S) for _ in range(k)))
+        await asyncio.gather(*(call() for _ in range(k)))
 
     return op, burst
 
@@ -459,16 +823,21 @@ def _count_lines(folder: Path) -> int:
 async def bench_grpc(
     settings: Settings, plan: Plan, stack: AsyncExitStack, prefix: str
 ) -> HopResult:
-    """grpc.aio unary GetRun: bare server and client vs the same with the server and
-    client interceptors, spans dropped (the tracing cost alone) and spans written to
-    the JSON-lines span store (the development default) in a temporary folder."""
+    """grpc.aio unary GetRun: bare server and client vs the contrib grpc instrumentation
+    with the context metadata by hand (stock) vs agentflux's server and client
+    interceptors, spans dropped (the tracing cost alone) and spans written to the
+    JSON-lines span store (the development default) in a temporary folder. The calls
+    are made in a bound context (see `handling`)."""
     dropped, counter = counting_telemetry(stack, "bench-grpc")
     store = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentflux-bench-")))
     stored = Telemetry.create("bench-grpc", span_store=store)
     stack.callback(stored.shutdown)  # before the folder goes (the stack unwinds LIFO)
+    provider, stock_counter = stock_provider(stack, "bench-grpc")
+    stock_gateway = _StockGateway()  # type: ignore[abstract]  # only GetRun is served
 
     stubs = {
         "raw": await _grpc_pair(stack),
+        "stock": await _grpc_pair(stack, *stock_grpc_interceptors(provider), stock_gateway),
         # A reference, not agentflux: the part of the cost that is grpc.aio's own
         # interceptor machinery, whatever the interceptors do.
         "no-op interceptors (reference)": await _grpc_pair(
@@ -481,12 +850,20 @@ async def bench_grpc(
             stack, [ServerContextInterceptor(stored)], client_interceptors(stored)
         ),
     }
-    variants = [Variant(name, *_unary(stub)) for name, stub in stubs.items()]
-    notes: dict[str, Any] = {}
-    result = await run_hop("grpc", "grpc unary", variants, plan, notes)
-    notes["spans_dropped_variant"] = exported(dropped, counter)
+    kinds = {"raw": RAW, "stock": STOCK}
+    variants = [
+        Variant(name, *_unary(stub, by_hand=name == "stock"), kind=kinds.get(name, AGENTFLUX))
+        for name, stub in stubs.items()
+    ]
+    with handling(tenant_id="bench", run_id="run-bench"):
+        result = await run_hop("grpc", "grpc unary", variants, plan, {}, stock="stock")
     stored.flush()
-    notes["spans_jsonl_variant"] = _count_lines(store)
+    spans = {
+        "stock": stock_exported(provider, stock_counter),
+        "interceptors, spans dropped": exported(dropped, counter),
+        "interceptors, JSON-lines store": _count_lines(store),
+    }
+    record_spans(result, spans)
     return result
 
 
@@ -505,9 +882,13 @@ def make_request() -> events_pb2.AgentRequested:
     return event
 
 
-def _run_id(record: Record) -> str:
+def _decode(record: Record) -> events_pb2.AgentRequested:
     # Every variant decodes what it consumed, as any real consumer does.
-    return events_pb2.AgentRequested.FromString(record.value() or b"").run_id
+    return events_pb2.AgentRequested.FromString(record.value() or b"")
+
+
+def _run_id(record: Record) -> str:
+    return _decode(record).run_id
 
 
 class RawKafka:
@@ -519,6 +900,8 @@ class RawKafka:
         self.producer = Producer(producer_config(settings))
         self.consumer = Consumer(consumer_config(settings, group))
         self.consumer.subscribe([topic])
+        self.group = group
+        self.offsets = self.consumer  # where offsets are stored
         self.unacked = 0
         self.failed: list[KafkaError] = []
 
@@ -527,13 +910,23 @@ class RawKafka:
         if err is not None:
             self.failed.append(err)
 
+    def _headers(self, event: events_pb2.AgentRequested) -> list[tuple[str, bytes]] | None:
+        return None
+
     def _produce(self, event: events_pb2.AgentRequested) -> None:
+        value = event.SerializeToString()
+        key = EVENT.key(event)
+        headers = self._headers(event)
         while True:
             try:
+                # The key by name: the contrib producer proxy passes the positional
+                # arguments after the topic on as if the topic were one of them.
                 self.producer.produce(
                     self.topic,
-                    event.SerializeToString(),
-                    EVENT.key(event),
+                    value,
+                    key=key,
+                    # A copy per attempt: the contrib instrumentation appends traceparent.
+                    headers=None if headers is None else list(headers),
                     on_delivery=self._report,
                 )
                 break
@@ -559,6 +952,16 @@ class RawKafka:
                 raise KafkaException(err)
         return out
 
+    def _accept(self, record: Record) -> str:
+        """Handles a record (decodes it) and stores its offset; returns its run id."""
+        run_id = _run_id(record)
+        self.offsets.store_offsets(message=record)
+        return run_id
+
+    def _receive(self, n: int, deadline: float) -> list[str]:
+        """Takes up to n records (at least one) and accepts them; their run ids."""
+        return [self._accept(record) for record in self._take(n, deadline)]
+
     def _acked(self, deadline: float) -> None:
         while self.unacked and time.monotonic() < deadline:
             self.producer.poll(0.05)  # returns as soon as a report is there
@@ -571,11 +974,8 @@ class RawKafka:
         deadline = time.monotonic() + TIMEOUT_S
         event = make_request()
         self._produce(event)
-        seen = ""
-        while seen != event.run_id:
-            for record in self._take(1, deadline):
-                seen = _run_id(record)
-                self.consumer.store_offsets(message=record)
+        while event.run_id not in self._receive(1, deadline):
+            pass
         self._acked(deadline)
 
     async def burst(self, k: int) -> None:
@@ -585,15 +985,92 @@ class RawKafka:
         self.producer.poll(0)
         got = 0
         while got < k:
-            for record in self._take(k - got, deadline):
-                _run_id(record)
-                self.consumer.store_offsets(message=record)
-                got += 1
+            got += len(self._receive(k - got, deadline))
         self._acked(deadline)
 
     async def close(self) -> None:
         self.producer.flush(10)
         self.consumer.close()
+
+
+class StockKafka(RawKafka):
+    """The same bare program with `opentelemetry-instrumentation-confluent-kafka`: the
+    producer and consumer wrapped by `instrument_producer`/`instrument_consumer` (a
+    PRODUCER span per record; per poll or consume call, a "recv" span and a "process"
+    span linked to the records' producers, left current until the next call), and the
+    CloudEvents headers and context by hand. `span_per_message` adds what the contrib
+    consumer does not do and agentflux does: a CONSUMER span per record, parented to
+    the producer's trace.
+
+    `ConfluentKafkaInstrumentor().instrument()` would not do here: it swaps the classes
+    in the `confluent_kafka` module, which code that imported `Producer` before (the
+    adapters, this bench) never sees; it would trace nothing."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        group: str,
+        provider: TracerProvider,
+        *,
+        span_per_message: bool,
+    ) -> None:
+        super().__init__(settings, topic, group)
+        self.producer = ConfluentKafkaInstrumentor.instrument_producer(
+            self.producer, tracer_provider=provider
+        )
+        self.consumer = ConfluentKafkaInstrumentor.instrument_consumer(
+            self.consumer, tracer_provider=provider
+        )
+        # The consumer proxy forwards neither `store_offsets` nor most other methods (the
+        # call lands on an uninitialised client: "Consumer closed"): store on the client.
+        self.offsets = ConfluentKafkaInstrumentor.uninstrument_consumer(self.consumer)
+        self.tracer = provider.get_tracer("bench.stock")
+        self.span_per_message = span_per_message
+        # The contrib consumer attaches its "process" span to the caller's context until
+        # the next poll. The consumer side runs in a context of its own, as it would in
+        # a service of its own: the span then neither parents this hop's producer spans
+        # nor leaks into the other variants' rounds.
+        self.consuming = contextvars.Context()
+
+    def _headers(self, event: events_pb2.AgentRequested) -> list[tuple[str, bytes]]:
+        headers = stock_headers(EVENT.type_name, event.tenant_id, event.run_id)
+        return [(k, v.encode()) for k, v in headers.items()]
+
+    def _accept(self, record: Record) -> str:
+        raw: Any = record.headers() or ()  # (str, bytes) pairs; the stubs say otherwise
+        headers = {k: v.decode("utf-8", "replace") for k, v in raw if v}
+        if not self.span_per_message:
+            # The contrib "process" span of this poll is the current one.
+            event = stock_handle(headers, trace.get_current_span(), _decode(record))
+            self.offsets.store_offsets(message=record)
+            return event.run_id
+        topic = record.topic() or ""
+        attributes = {
+            "messaging.system": "kafka",
+            "messaging.destination.name": topic,
+            "messaging.operation.type": "process",
+            "messaging.message.id": headers.get("ce_id", ""),
+            "messaging.consumer.group.name": self.group,
+            "messaging.destination.partition.id": str(record.partition()),
+            "messaging.kafka.offset": record.offset() or 0,
+        }
+        with self.tracer.start_as_current_span(
+            f"process {topic}",
+            context=propagate.extract(headers),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        ) as span:
+            event = stock_handle(headers, span, _decode(record))
+            self.offsets.store_offsets(message=record)
+        return event.run_id
+
+    def _receive(self, n: int, deadline: float) -> list[str]:
+        return self.consuming.run(super()._receive, n, deadline)
+
+    async def close(self) -> None:
+        self.producer.flush(10)
+        self.consuming.run(self.consumer.close)  # ends the open "process" span there
 
 
 class AdapterKafka:
@@ -733,42 +1210,72 @@ async def bench_kafka(
     settings: Settings, plan: Plan, stack: AsyncExitStack, prefix: str
 ) -> HopResult:
     """One record produced (acks=all, linger 1 ms) and consumed by a group consumer,
-    one at a time: raw confluent-kafka vs the adapters vs the interceptors (without
-    and with the idempotency guard). Each variant has its own topic and group."""
-    names = ("raw", "adapters", "interceptors", "interceptors + guard")
+    one at a time: raw confluent-kafka vs the same with the contrib instrumentation and
+    the headers by hand (stock; poll-level consumer spans, and with a span per record)
+    vs the adapters vs the interceptors (without and with the idempotency guard). Each
+    variant has its own topic and group; agentflux is compared with the stock variant
+    that makes a span per record, as agentflux does."""
+    names = (
+        "raw",
+        "stock",
+        "stock, span per message",
+        "adapters",
+        "interceptors",
+        "interceptors + guard",
+    )
     prefixes = {name: f"{prefix}{i}." for i, name in enumerate(names)}
-    groups = [p + "group" for p in prefixes.values()]
+    groups = {name: p + "group" for name, p in prefixes.items()}
+    topic = {name: p + EVENT.topic for name, p in prefixes.items()}
     keep = {"retention.ms": str(3_600_000)}
-    specs = [TopicSpec(p + EVENT.topic, settings.kafka_partitions, keep) for p in prefixes.values()]
+    specs = [TopicSpec(t, settings.kafka_partitions, keep) for t in topic.values()]
     # The interceptors dead-letter to <prefix>agent.dlq; nothing should go there, but a
     # record that did must land in a topic that is cleaned up.
-    specs += [TopicSpec(prefixes[n] + CONTRACTS.dead_letter_topic, 1, keep) for n in names[2:]]
+    specs += [
+        TopicSpec(prefixes[n] + CONTRACTS.dead_letter_topic, 1, keep)
+        for n in ("interceptors", "interceptors + guard")
+    ]
     topics = [s.name for s in specs]
-    stack.push_async_callback(_drop_kafka, settings, topics, groups)  # runs last
+    stack.push_async_callback(_drop_kafka, settings, topics, [*groups.values()])  # runs last
     await ensure_kafka_topics(settings, specs)
 
-    telemetry, counter = counting_telemetry(stack, "bench-kafka")
+    # One provider or telemetry per traced variant: the span counts are per variant.
+    stock_providers = {n: stock_provider(stack, "bench-kafka") for n in names[1:3]}
+    telemetries = {n: counting_telemetry(stack, "bench-kafka") for n in names[4:]}
     redis = redis_for(stack, settings, prefix)
     guard = IdempotencyGuard(redis, namespace=prefix + "guard", ttl_s=600)
 
-    raw = RawKafka(settings, prefixes["raw"] + EVENT.topic, groups[0])
-    stack.push_async_callback(quietly, "raw Kafka clients", raw.close())
-    adapters = AdapterKafka(settings, prefixes["adapters"] + EVENT.topic, groups[1])
-    stack.push_async_callback(quietly, "adapter Kafka clients", adapters.close())
-    flux = FluxKafka(settings, prefixes["interceptors"], groups[2], telemetry, None)
-    stack.push_async_callback(quietly, "interceptor Kafka clients", flux.close())
-    guarded = FluxKafka(settings, prefixes["interceptors + guard"], groups[3], telemetry, guard)
-    stack.push_async_callback(quietly, "guarded Kafka clients", guarded.close())
-    await asyncio.gather(*(c.consumer.start() for c in (adapters, flux, guarded)))
-    kafka_clients: tuple[RawKafka | AdapterKafka, ...] = (raw, adapters, flux, guarded)
+    clients: dict[str, RawKafka | AdapterKafka] = {}
 
-    variants = [
-        Variant(name, client.op, client.burst)
-        for name, client in zip(names, kafka_clients, strict=True)
-    ]
+    def add(name: str, client: RawKafka | AdapterKafka) -> None:
+        clients[name] = client
+        stack.push_async_callback(quietly, f"{name} Kafka clients", client.close())
+
+    add("raw", RawKafka(settings, topic["raw"], groups["raw"]))
+    for n, per_message in (("stock", False), ("stock, span per message", True)):
+        provider = stock_providers[n][0]
+        add(n, StockKafka(settings, topic[n], groups[n], provider, span_per_message=per_message))
+    add("adapters", AdapterKafka(settings, topic["adapters"], groups["adapters"]))
+    for n, with_guard in (("interceptors", None), ("interceptors + guard", guard)):
+        add(n, FluxKafka(settings, prefixes[n], groups[n], telemetries[n][0], with_guard))
+    await asyncio.gather(
+        *(c.consumer.start() for c in clients.values() if isinstance(c, AdapterKafka))
+    )
+
+    kinds = {"raw": RAW, "stock": STOCK, "stock, span per message": STOCK}
+    variants = [Variant(n, c.op, c.burst, kind=kinds.get(n, AGENTFLUX)) for n, c in clients.items()]
     notes: dict[str, Any] = {"topics": topics, "partitions": settings.kafka_partitions}
-    result = await run_hop("kafka", "kafka produce->consume", variants, plan, notes)
-    notes["spans"] = exported(telemetry, counter)
+    with handling():
+        result = await run_hop(
+            "kafka",
+            "kafka produce->consume",
+            variants,
+            plan,
+            notes,
+            stock="stock, span per message",
+        )
+    spans = {n: stock_exported(*stock_providers[n]) for n in stock_providers}
+    spans |= {n: exported(*telemetries[n]) for n in telemetries}
+    record_spans(result, spans)
     notes["guard"] = asdict(guard.stats)
     return result
 
@@ -808,11 +1315,14 @@ class RawRabbit:
         self.tag = await self.queue.consume(self._on_message)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        tasks_pb2.ToolTask.FromString(message.body)
+        self._accept(message)
         await message.ack()
         self.got += 1
         if self.got >= self.want and self.done is not None and not self.done.done():
             self.done.set_result(None)
+
+    def _accept(self, message: AbstractIncomingMessage) -> None:
+        tasks_pb2.ToolTask.FromString(message.body)  # decoded, as any consumer does
 
     def _expect(self, k: int) -> asyncio.Future[None]:
         self.got, self.want = 0, k
@@ -843,6 +1353,65 @@ class RawRabbit:
     async def close(self) -> None:
         await self.queue.cancel(self.tag)
         await self.connection.close()
+
+
+class StockRabbit(RawRabbit):
+    """The same bare program with `opentelemetry-instrumentation-aio-pika` (a PRODUCER
+    span per publish, a CONSUMER span per delivery parented to the producer's trace)
+    and the CloudEvents headers, properties and context by hand.
+
+    The instrumentation patches aio-pika's `Exchange.publish` and `Queue.consume`
+    process-wide, so it is on during this variant's rounds only (`enter`/`leave`). The
+    consumer is registered with it on: `Queue.consume` wraps the callback when it is
+    called, and that callback stays traced after `uninstrument` (the other variants'
+    consumers, registered with it off, are not traced)."""
+
+    def __init__(self, topo: TaskTopology, provider: TracerProvider) -> None:
+        super().__init__(topo)
+        self.provider = provider
+        self.instrumentor = AioPikaInstrumentor()
+
+    def instrument(self) -> None:
+        if not self.instrumentor.is_instrumented_by_opentelemetry:
+            # A version conflict must fail the hop, not leave a baseline that traces
+            # nothing (instrument() would only log it).
+            self.instrumentor.instrument(
+                tracer_provider=self.provider, raise_exception_on_conflict=True
+            )
+
+    def uninstrument(self) -> None:
+        if self.instrumentor.is_instrumented_by_opentelemetry:
+            self.instrumentor.uninstrument()
+
+    async def start(self, settings: Settings) -> None:
+        self.instrument()
+        try:
+            await super().start(settings)
+        finally:
+            self.uninstrument()
+
+    def _accept(self, message: AbstractIncomingMessage) -> None:
+        headers = {
+            k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+            for k, v in (message.headers or {}).items()
+            if isinstance(v, str | bytes)
+        }
+        # The contrib CONSUMER span of this delivery is the current one.
+        task = tasks_pb2.ToolTask.FromString(message.body)
+        stock_handle(headers, trace.get_current_span(), task)
+
+    async def _publish(self, task: tasks_pb2.ToolTask) -> None:
+        headers = stock_headers(TASK.type_name, task.tenant_id, task.run_id)
+        message = aio_pika.Message(
+            task.SerializeToString(),
+            headers=dict(headers),
+            content_type=PROTOBUF,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            priority=AMQP_PRIORITY,
+            message_id=headers["ce_id"],
+            type=TASK.type_name,
+        )
+        await self.exchange.publish(message, self.topo.routing_key, mandatory=True)
 
 
 class AdapterRabbit:
@@ -933,9 +1502,10 @@ async def bench_rabbitmq(
     settings: Settings, plan: Plan, stack: AsyncExitStack, prefix: str
 ) -> HopResult:
     """A persistent task published with confirm, consumed and acked, one at a time: raw
-    aio-pika vs the adapter vs the interceptors (without and with the guard). Each
+    aio-pika vs the same with the contrib instrumentation and the headers by hand
+    (stock) vs the adapter vs the interceptors (without and with the guard). Each
     variant has its own copy of the tool-task topology (classic priority queue)."""
-    names = ("raw", "adapters", "interceptors", "interceptors + guard")
+    names = ("raw", "stock", "adapters", "interceptors", "interceptors + guard")
     prefixes = {name: f"{prefix}{i}." for i, name in enumerate(names)}
     topos = {name: task_topology(settings, TASK, p) for name, p in prefixes.items()}
     stack.push_async_callback(
@@ -945,27 +1515,44 @@ async def bench_rabbitmq(
         for topo in topos.values():
             await declare_task_topology(admin.channel, topo)
 
-    telemetry, counter = counting_telemetry(stack, "bench-rabbitmq")
+    provider, stock_counter = stock_provider(stack, "bench-rabbitmq")
+    # One telemetry per agentflux variant: the span counts are per variant.
+    telemetries = {n: counting_telemetry(stack, "bench-rabbitmq") for n in names[3:]}
     redis = redis_for(stack, settings, prefix)
     guard = IdempotencyGuard(redis, namespace=prefix + "guard", ttl_s=600)
-    clients: tuple[RawRabbit | AdapterRabbit, ...] = (
-        RawRabbit(topos["raw"]),
-        AdapterRabbit(topos["adapters"]),
-        FluxRabbit(topos["interceptors"], prefixes["interceptors"], telemetry, None),
-        FluxRabbit(
-            topos["interceptors + guard"], prefixes["interceptors + guard"], telemetry, guard
-        ),
-    )
-    for name, client in zip(names, clients, strict=True):
+    stock = StockRabbit(topos["stock"], provider)
+    stack.callback(stock.uninstrument)  # whatever a failed round left on
+    clients: dict[str, RawRabbit | AdapterRabbit] = {
+        "raw": RawRabbit(topos["raw"]),
+        "stock": stock,
+        "adapters": AdapterRabbit(topos["adapters"]),
+    }
+    for n, with_guard in (("interceptors", None), ("interceptors + guard", guard)):
+        clients[n] = FluxRabbit(topos[n], prefixes[n], telemetries[n][0], with_guard)
+    for name, client in clients.items():
         await client.start(settings)
         stack.push_async_callback(quietly, f"{name} RabbitMQ clients", client.close())
 
     variants = [
-        Variant(name, client.op, client.burst) for name, client in zip(names, clients, strict=True)
+        Variant("raw", clients["raw"].op, clients["raw"].burst, kind=RAW),
+        Variant(
+            "stock",
+            stock.op,
+            stock.burst,
+            enter=stock.instrument,
+            leave=stock.uninstrument,
+            kind=STOCK,
+        ),
+        *(Variant(n, clients[n].op, clients[n].burst) for n in names[2:]),
     ]
     notes: dict[str, Any] = {"queues": [t.queue for t in topos.values()]}
-    result = await run_hop("rabbitmq", "rabbitmq publish->consume->ack", variants, plan, notes)
-    notes["spans"] = exported(telemetry, counter)
+    with handling():
+        result = await run_hop(
+            "rabbitmq", "rabbitmq publish->consume->ack", variants, plan, notes, stock="stock"
+        )
+    spans = {"stock": stock_exported(provider, stock_counter)}
+    spans |= {n: exported(*telemetries[n]) for n in telemetries}
+    record_spans(result, spans)
     notes["guard"] = asdict(guard.stats)
     return result
 
@@ -994,10 +1581,10 @@ async def bench_redis(
         if await client.get(key) is None:
             raise RuntimeError(f"{key} vanished")
 
-    variants = [Variant("raw", get), _instrumented("instrument_caches", get, telemetry)]
+    variants = [Variant("raw", get, kind=RAW), _instrumented("instrument_caches", get, telemetry)]
     notes: dict[str, Any] = {}
     result = await run_hop("redis", "redis GET", variants, plan, notes)
-    notes["spans"] = exported(telemetry, counter)
+    record_spans(result, {"instrument_caches": exported(telemetry, counter)})
     return result
 
 
@@ -1022,10 +1609,10 @@ async def bench_memcached(
         if client.get(key) is None:
             raise RuntimeError(f"{key} vanished")
 
-    variants = [Variant("raw", get), _instrumented("instrument_caches", get, telemetry)]
+    variants = [Variant("raw", get, kind=RAW), _instrumented("instrument_caches", get, telemetry)]
     notes: dict[str, Any] = {}
     result = await run_hop("memcached", "memcached GET", variants, plan, notes)
-    notes["spans"] = exported(telemetry, counter)
+    record_spans(result, {"instrument_caches": exported(telemetry, counter)})
     return result
 
 
@@ -1053,7 +1640,7 @@ async def bench_guard(
             raise RuntimeError(f"fresh key {key} was not new")
         await guard.complete(key, b"")
 
-    variants = [Variant("raw", set_nx), Variant("begin+complete", begin_complete)]
+    variants = [Variant("raw", set_nx, kind=RAW), Variant("begin+complete", begin_complete)]
     notes: dict[str, Any] = {}
     result = await run_hop("guard", "guard vs SET NX", variants, plan, notes)
     notes["guard"] = asdict(guard.stats)
@@ -1078,44 +1665,54 @@ def _ms(value: float) -> str:
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
+def _x(ratio: float | None) -> str:
+    return "" if ratio is None else f"{ratio:.2f}x"
+
+
 def latency_table(rows: Sequence[Row]) -> str:
-    header = (
-        "hop",
-        "raw p50",
-        "agentflux p50",
-        "ratio p50",
-        "raw p99",
-        "agentflux p99",
-        "ratio p99",
-        "n",
-    )
-    body = [
-        (
-            r.label,
-            _ms(r.raw.p50),
-            _ms(r.flux.p50),
-            f"{r.ratio_p50:.2f}x",
-            _ms(r.raw.p99),
-            _ms(r.flux.p99),
-            f"{r.ratio_p99:.2f}x",
-            str(r.flux.n),
+    header = ("hop [variant]", "p50", "vs raw", "vs stock", "p99", "vs raw", "vs stock", "n")
+    body = []
+    for r in rows:
+        raw = r.kind == RAW
+        body.append(
+            (
+                r.label,
+                _ms(r.stats.p50),
+                "" if raw else _x(r.ratio_p50),
+                _x(r.stock_ratio_p50),
+                _ms(r.stats.p99),
+                "" if raw else _x(r.ratio_p99),
+                _x(r.stock_ratio_p99),
+                str(r.stats.n),
+            )
         )
-        for r in rows
-    ]
     return _markdown(header, body)
 
 
 def rate_table(rates: Sequence[RateRow]) -> str:
-    header = ("hop (ops in flight)", "raw ops/s", "agentflux ops/s", "ratio")
-    body = [
-        (
-            f"{r.hop} [{r.variant}] ({r.in_flight})",
-            f"{r.raw:,.0f}",
-            f"{r.flux:,.0f}",
-            f"{r.ratio:.2f}x",
+    header = (
+        "hop [variant] (ops in flight)",
+        "ops/s",
+        "vs raw",
+        "vs stock",
+        "CPU µs/op",
+        "vs raw",
+        "vs stock",
+    )
+    body = []
+    for r in rates:
+        raw = r.kind == RAW
+        body.append(
+            (
+                f"{r.hop} [{r.variant}] ({r.in_flight})",
+                f"{r.rate:,.0f}",
+                "" if raw else _x(r.ratio),
+                _x(r.stock_ratio),
+                f"{r.cpu_us:,.0f}",
+                "" if raw else _x(r.cpu_ratio),
+                _x(r.stock_cpu_ratio),
+            )
         )
-        for r in rates
-    ]
     return _markdown(header, body)
 
 
@@ -1141,16 +1738,21 @@ def report(results: Sequence[HopResult]) -> str:
     if not rows:
         return "No hop finished."
     parts = [
-        "Latency in ms, one operation at a time; ratio = agentflux / raw (1.00x: no cost).",
+        "Latency in ms, one operation at a time. vs raw = variant / raw; vs stock = "
+        "agentflux / the hop's stock baseline (1.00x: the same; above: slower).",
         latency_table(rows),
     ]
     if rates:
         parts += [
             "",
-            "Throughput with many operations in flight; ratio = agentflux / raw "
-            "(below 1.00x: slower).",
+            "Throughput with many operations in flight; ops/s ratios below 1.00x are "
+            "slower. CPU per operation is the whole process's (every thread); ratios above "
+            "1.00x use more.",
             rate_table(rates),
         ]
+    stocks = [f"{r.name}: [{r.stock_variant}]" for r in results if r.stock_variant]
+    if stocks:
+        parts += ["", "vs stock compares with: " + "; ".join(stocks) + "."]
     return "\n".join(parts)
 
 
@@ -1284,9 +1886,12 @@ async def run(args: argparse.Namespace) -> int:
         results.append(result)
         log(f"{name}: done in {result.seconds:.1f} s")
         for row in result.rows:
+            if row.kind == RAW:
+                continue
+            against = f", {_x(row.stock_ratio_p50)} stock" if row.stock else ""
             log(
-                f"  {row.variant}: p50 {_ms(row.flux.p50)} ms vs raw {_ms(row.raw.p50)} ms "
-                f"({row.ratio_p50:.2f}x)"
+                f"  {row.variant}: p50 {_ms(row.stats.p50)} ms vs raw {_ms(row.raw.p50)} ms "
+                f"({row.ratio_p50:.2f}x{against})"
             )
     log(f"all hops in {time.monotonic() - t_all:.1f} s")
 
@@ -1304,11 +1909,15 @@ async def run(args: argparse.Namespace) -> int:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.hops",
-        description="Each agentflux hop beside the same hop done by bare clients, "
-        "interleaved in one run; prints p50/p90/p99 and the ratio agentflux/raw.",
+        description="Each agentflux hop beside the same hop done by bare clients and, for "
+        "gRPC, Kafka and RabbitMQ, with the stock OpenTelemetry instrumentation, interleaved "
+        "in one run; prints p50/p99, throughput and CPU per operation, and the ratios "
+        "agentflux/raw and agentflux/stock.",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="fewer operations (about 15 s instead of about 1 min)"
+        "--quick",
+        action="store_true",
+        help="fewer operations (about 20 s instead of a little over 1 min)",
     )
     parser.add_argument(
         "--hop",

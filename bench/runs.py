@@ -1,7 +1,8 @@
 """Whole agent runs through `agentflux serve`, beside the same chain of hops done with bare
 clients, in one run.
 
-    .venv/bin/python -m bench.runs [--quick] [--rate R] [--json PATH]
+    .venv/bin/python -m bench.runs [--quick] [--rate R] [--knee | --no-knee]
+                                   [--no-sampled-out] [--json PATH]
 
 **agentflux**: the five services in one `agentflux serve` subprocess, in a namespace of
 their own (`bench-<random>.`: a namespace is one label), with their own gRPC ports, index
@@ -12,27 +13,35 @@ clients on one event loop: a grpc.aio `Submit` that produces the request to Kafk
 RabbitMQ (aio-pika, confirms, persistent), a consumer of that queue that works out 6*7 and
 produces the result to Kafka, a consumer that appends the answer to a Redis stream
 (XADD), and a grpc.aio `StreamRun` that waits on that stream with XREAD BLOCK. Its names
-live under `bench.<random>.`. Both sides are one process of services with the client in
-this process, so both pay the same process boundary, and the client is the same bare
-grpc.aio stub for both: Submit("what is 6*7"), then StreamRun until `finished`. The run
-latency is Submit -> `finished` received.
+live under `bench.<random>.`. **sampled out** (unless `--no-sampled-out`): a second
+`agentflux serve` with the same settings but AGENTFLUX_TRACE_SAMPLE_RATIO=0, in the
+namespace `bench-<random>-s.` with a folder of its own, so its runs record no spans. Every
+side is one process of services with the client in this process, so all pay the same
+process boundary, and the client is the same bare grpc.aio stub for all: Submit("what is
+6*7"), then StreamRun until `finished`, both with the bench's API key (the gateway
+requires one; the bare chain ignores it). The run latency is Submit -> `finished`
+received.
 
-Three measurements, each in interleaved rounds (bare, agentflux, then the reverse order)
-after a warm-up, with gc before each round: (1) one run at a time: p50/p90/p99 and the
-ratio agentflux/bare; (2) a fixed open-loop load (`--rate` runs/s, started on schedule
-whether or not earlier runs finished): latency and whether each side kept up; (3) closed
-loop, K runs in flight: runs/s. Per side and phase it also meters CPU seconds of the
-services' process, of this process (the client) and of the stack's processes. After the
-run it splits the latencies (one at a time, and K in flight) into hops, from the mesh's
-spans and from the bare chain's own timestamps, and counts what one run costs the mesh
-(spans, Redis and Memcached commands, messages) from the same spans.
+Four measurements, each in interleaved rounds (bare, agentflux, sampled out, then the
+reverse order) after a warm-up, with gc before each round: (1) one run at a time:
+p50/p90/p99 and the ratios to bare and to agentflux; (2) a fixed open-loop load (`--rate`
+runs/s, started on schedule whether or not earlier runs finished): latency and whether
+bare and agentflux kept up; (3) closed loop, K runs in flight: runs/s; (4) the knee: an
+open-loop sweep of bare and agentflux at rising rates, up to the highest rate that each
+keeps up with at a p99 within twice its p99 at the lowest rate. Per side and phase it also
+meters CPU seconds of the services' process, of this process (the client) and of the
+stack's processes. After the run it splits the latencies (one at a time, and K in flight)
+into hops, from the mesh's spans and from the bare chain's own timestamps, counts what one
+run costs the mesh (spans, Redis and Memcached commands, messages) from the same spans,
+and checks that the sampled-out side's span store holds no span of its runs.
 
 Every agentflux run must end COMPLETED with the answer "6*7 = 42." (its answer deltas
 joined too) and every bare run must return it; anything else fails the bench. Everything
-is removed at the end, also on failure: both processes (SIGTERM, then wait), the
-namespace's and the baseline's topics, groups, queues, exchanges, Redis and Memcached
-keys, and the temporary folder. Exit codes: 0 all ran, 1 a run or a phase failed, 2 the
-stack is unreachable or not on loopback. See bench/README.md."""
+is removed at the end, also on failure: every process (SIGTERM, then wait), the
+namespaces' and the baseline's topics, groups, queues, exchanges, Redis and Memcached
+keys, and the temporary folder. Exit codes: 0 all ran, 1 a run, a phase or the
+sampled-out check failed, 2 the stack is unreachable or not on loopback. See
+bench/README.md."""
 
 from __future__ import annotations
 
@@ -57,7 +66,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -78,6 +87,8 @@ from google.protobuf import struct_pb2
 from bench.hops import Stats, _drop_rabbit, _markdown, log, preflight, purge_redis
 from services.runtime.adapters.kafka import consumer_config, producer_config
 from services.runtime.adapters.rabbitmq import PROTOBUF
+from services.runtime.apikeys import digest_of, new_key
+from services.runtime.bearer import key_metadata
 from services.runtime.config import Settings
 from services.runtime.topology import TopicSpec, ensure_kafka_topics, kafka_topics, task_topologies
 
@@ -108,14 +119,52 @@ class Plan:
     in_flight: int  # closed loop: runs in flight at once
     burst_runs: int  # runs per closed-loop round
     burst_rounds: int
-    idle_s: float  # both processes idle, after the warm-up: their CPU then
+    idle_s: float  # every process idle, after the warm-up: their CPU then
 
 
-# Sized so that a full run takes about 3 minutes on a 2-core machine (--quick: under 1).
+# Sized so that these phases take about 4 minutes on a 2-core machine with the
+# sampled-out side (--quick: about 1).
 PLAN = Plan(20, 300, 10, 40.0, 2, 8, 200, 4, 10.0)
 QUICK_PLAN = Plan(10, 60, 4, 10.0, 2, 8, 48, 2, 3.0)
 
 DEFAULT_RATE = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class KneePlan:
+    """The open-loop sweep that finds each side's knee (see `knee`)."""
+
+    start: float  # runs/s of the first step; its p99 is the baseline
+    factor: float  # each step's rate is the last one's times this
+    cap: float  # no step above this rate: the bare chain would go on for long
+    step_s: float  # a step lasts this long, or until it has `min_runs`, whichever is first,
+    min_runs: int
+    floor_s: float  # but never less than this: a backlog needs time to show
+    base_runs: int  # the first step has at least this many runs: the baseline's p99
+    budget_s: float  # the whole sweep stops here, both sides, mid-way if it must
+
+
+# Full: 2 to 3 minutes on a 2-core machine, most of it bare's steps (--quick: about 1).
+KNEE_PLAN = KneePlan(2.0, 1.5, 200.0, 10.0, 100, 5.0, 40, 240.0)
+QUICK_KNEE_PLAN = KneePlan(2.0, 1.5, 200.0, 4.0, 30, 2.0, 16, 90.0)
+# The knee is the highest rate kept up with at a p99 at most this many times the baseline.
+KNEE_P99_LIMIT = 2.0
+# A failed step is run once more before its side stops. Noise on a shared machine only
+# ever adds latency, so one bad burst would otherwise end a sweep early; a side that is
+# really past its knee fails again.
+KNEE_TRIES = 2
+# After each step the services' process must fall below this share of a core (its
+# indexer and commits catch up) before the next step starts, on either side, so that a
+# side that just drowned does not steal the CPU of the next one. Waited for at most
+# SETTLE_MAX_S.
+SETTLE_SHARE = 0.2
+SETTLE_MAX_S = 15.0
+
+# The meshes' AGENTFLUX_RATE_LIMIT (calls per tenant per minute): see `mesh_env`.
+RATE_LIMIT = 1_000_000_000
+
+# The sides, as named in the tables and the JSON.
+BARE, FLUX, SAMPLED = "bare", "agentflux", "sampled out"
 
 
 # -- the bare chain (runs in a helper process: --bare-chain) -------------------------------
@@ -580,7 +629,12 @@ def stack_cpu_s(pids: dict[str, int]) -> float:
 
 
 class RunError(Exception):
-    """A run did not end as it must (not completed, a wrong answer, an error, a timeout)."""
+    """A run did not end as it must (not completed, a wrong answer, an error, a timeout).
+    `code` is the gRPC status name when a call failed, else empty."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -617,6 +671,8 @@ class Side:
     proc: Child
     channel: grpc.aio.Channel
     strict: bool  # check the stream as the contract says: joined deltas == answer
+    # The API key every call presents, on every side alike (the bare gateway ignores it).
+    metadata: tuple[tuple[str, str], ...] = ()
     stub: Any = None
 
     def __post_init__(self) -> None:
@@ -647,11 +703,12 @@ async def one_run(side: Side) -> Sample:
     deltas: list[str] = []
     events, t1, wall1 = 0, 0.0, 0
     try:
-        response = await side.stub.Submit(request, timeout=RUN_TIMEOUT_S)
+        response = await side.stub.Submit(request, timeout=RUN_TIMEOUT_S, metadata=side.metadata)
         run_id = response.run.run_id
         stream = gateway_pb2.StreamRunRequest(run_id=run_id)
         # Read to the end, not left after `finished`: the gateway ends the stream there.
-        async for event in side.stub.StreamRun(stream, timeout=RUN_TIMEOUT_S):
+        calls = side.stub.StreamRun(stream, timeout=RUN_TIMEOUT_S, metadata=side.metadata)
+        async for event in calls:
             events += 1
             kind = event.WhichOneof("event")
             if kind == "finished":
@@ -660,7 +717,8 @@ async def one_run(side: Side) -> Sample:
             elif kind == "answer_delta":
                 deltas.append(event.answer_delta.text)
     except grpc.aio.AioRpcError as exc:
-        raise RunError(f"{side.name} run {run_id}: {exc.code().name}: {exc.details()}") from None
+        code = exc.code().name
+        raise RunError(f"{side.name} run {run_id}: {code}: {exc.details()}", code) from None
     side.check(run_id, finished, deltas)
     return Sample(run_id, t0, t1, wall0, wall1, events)
 
@@ -744,37 +802,47 @@ def max_in_flight(samples: Sequence[Sample]) -> int:
 DRAIN_LIMIT_S = 1.0
 
 
-async def open_round(side: Side, rate: float, n: int) -> dict[str, Any]:
+async def open_round(
+    side: Side,
+    rate: float,
+    n: int,
+    run: Callable[[Side], Coroutine[Any, Any, Sample | None]] = one_run,
+) -> dict[str, Any]:
     """`n` runs started on a fixed schedule (`rate` per second), whether or not the
-    earlier ones finished (open loop)."""
+    earlier ones finished (open loop). `run` returns None for a run the side refused
+    (see `refusable`): it did not keep up then."""
     start = time.perf_counter() + 0.05
     late: list[float] = []
-    runs: list[asyncio.Task[Sample]] = []
+    runs: list[asyncio.Task[Sample | None]] = []
     for i in range(n):
         due = start + i / rate
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         late.append(time.perf_counter() - due)
-        runs.append(asyncio.create_task(one_run(side)))
+        runs.append(asyncio.create_task(run(side)))
     try:
-        samples = list(await asyncio.gather(*runs))
+        got = await asyncio.gather(*runs)
     except BaseException:
         for task in runs:
             task.cancel()
         await asyncio.gather(*runs, return_exceptions=True)
         raise
-    first = min(s.t0 for s in samples)
-    last_start = max(s.t0 for s in samples)
-    last_end = max(s.t1 for s in samples)
+    samples = [s for s in got if s is not None]
+    refused = n - len(samples)
+    end = time.perf_counter()
+    first = min((s.t0 for s in samples), default=start)
+    last_start = max((s.t0 for s in samples), default=start)
+    last_end = max((s.t1 for s in samples), default=end)
     return {
         "samples": samples,
         "runs": n,
-        "achieved_per_s": n / (last_end - first),
+        "refused": refused,
+        "achieved_per_s": len(samples) / max(last_end - first, 1e-9),
         "drain_s": last_end - last_start,
         "late_max_ms": max(late) * 1e3,
         "max_in_flight": max_in_flight(samples),
-        "kept_up": last_end - last_start <= DRAIN_LIMIT_S,
+        "kept_up": refused == 0 and last_end - last_start <= DRAIN_LIMIT_S,
     }
 
 
@@ -819,6 +887,147 @@ async def closed_loop(sides: Sequence[Side], plan: Plan, pids: dict[str, int]) -
             phase.samples += samples
             phase.rounds.append({"runs": plan.burst_runs, "runs_per_s": rate})
     return phases
+
+
+# -- the knee ------------------------------------------------------------------------------
+
+
+async def refusable(side: Side) -> Sample | None:
+    """A run, or None when the gateway refused it for want of room (RESOURCE_EXHAUSTED:
+    the tenant's runs in flight, AGENTFLUX_MAX_RUNS_IN_FLIGHT). That is how a drowning
+    mesh answers by design, so the sweep counts it as not keeping up; any other failure
+    is a broken run and fails the bench as in every phase."""
+    try:
+        return await one_run(side)
+    except RunError as exc:
+        if exc.code == "RESOURCE_EXHAUSTED":
+            return None
+        raise
+
+
+async def settle(side: Side) -> float:
+    """Waits until the side's services' process is nearly idle (below SETTLE_SHARE of a
+    core over a quarter of a second), for at most SETTLE_MAX_S; the seconds waited. The
+    runs of a step have all finished by then, but not the work behind them (the indexer,
+    commits), and on a 2-core machine that would land on the next step."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < SETTLE_MAX_S:
+        before = side.proc.cpu_s()
+        await asyncio.sleep(0.25)
+        if (side.proc.cpu_s() - before) / 0.25 < SETTLE_SHARE:
+            break
+    return time.monotonic() - t0
+
+
+def knee_rates(plan: KneePlan) -> list[float]:
+    """start, start * factor, ... up to the cap, to 3 significant digits (2, 3, 4.5,
+    6.75, 10.1, ...): computed from the start each time, so rounding does not add up."""
+    rates: list[float] = []
+    for i in itertools.count():
+        rate = float(f"{plan.start * plan.factor**i:.3g}")
+        if rate > plan.cap:
+            return rates
+        rates.append(rate)
+    raise AssertionError("unreachable")
+
+
+def step_runs(plan: KneePlan, rate: float, first: bool) -> int:
+    seconds = max(plan.floor_s, min(plan.step_s, plan.min_runs / rate))
+    n = max(2, round(rate * seconds))  # a p99 needs two
+    return max(n, plan.base_runs) if first else n
+
+
+@dataclass
+class Sweep:
+    """One side's knee sweep: a step per rate, until it stopped."""
+
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    baseline_p99: float = 0.0  # ms, at the first rate
+    knee: float | None = None  # the highest rate that passed; None: not even the first
+    stopped: str = ""  # why the sweep ended
+    open_ended: bool = False  # it never failed (cap or time budget): the knee is at least this
+
+
+def _step_percentiles(samples: Sequence[Sample]) -> tuple[float, float]:
+    if len(samples) >= 2:
+        stats = Stats.of([s.ms for s in samples])
+        return stats.p50, stats.p99
+    if samples:
+        return samples[0].ms, samples[0].ms
+    return float("nan"), float("nan")
+
+
+async def knee_step(side: Side, rate: float, n: int, sweep: Sweep, first: bool) -> bool:
+    """One step of one side, added to its sweep; whether it passed."""
+    gc.collect()
+    cpu0, wall0 = side.proc.cpu_s(), time.perf_counter()
+    got = await open_round(side, rate, n, refusable)
+    busy = (side.proc.cpu_s() - cpu0) / (time.perf_counter() - wall0)
+    samples: list[Sample] = got.pop("samples")
+    p50, p99 = _step_percentiles(samples)
+    if first:
+        sweep.baseline_p99 = p99
+    over = p99 / sweep.baseline_p99 if sweep.baseline_p99 > 0 else float("nan")
+    step = {
+        "rate_per_s": rate,
+        "again": bool(sweep.steps) and sweep.steps[-1]["rate_per_s"] == rate,
+        **got,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "p99_over_baseline": over,
+        "server_cpu_share": busy,
+        "latencies_ms": [round(s.ms, 3) for s in samples],
+    }
+    sweep.steps.append(step)
+    step["settle_s"] = await settle(side)
+    log(
+        f"  {side.name} at {rate:g} runs/s{' again' if step['again'] else ''}: {n} runs, "
+        f"{'kept up' if got['kept_up'] else 'did NOT keep up'}, p50 {_ms(p50)} ms, "
+        f"p99 {_ms(p99)} ms ({over:.2f}x), {busy * 100:.0f}% of a core"
+    )
+    if not got["kept_up"]:
+        refused = f", {got['refused']} refused" if got["refused"] else ""
+        sweep.stopped = f"did not keep up at {rate:g} runs/s{refused}"
+    elif not over <= KNEE_P99_LIMIT:  # also when it is nan
+        sweep.stopped = f"p99 {over:.2f}x the baseline at {rate:g} runs/s"
+    else:
+        sweep.stopped = ""
+        return True
+    return False
+
+
+async def knee(sides: Sequence[Side], plan: KneePlan, sweeps: dict[str, Sweep]) -> None:
+    """Open-loop steps at rising rates, sides interleaved per step, until each side fails
+    a step KNEE_TRIES times in a row: it did not keep up (the open loop's rule, with no
+    run refused) or its p99 went above KNEE_P99_LIMIT times its p99 at the first rate. Its
+    knee is the last rate it passed. A side that failed runs no more steps; the other one
+    goes on alone. Fills in `sweeps` as it goes, so that a failure mid-way still leaves
+    the steps that ran."""
+    for side in sides:
+        sweeps[side.name] = Sweep()
+    active = list(sides)
+    t0 = time.monotonic()
+    for i, rate in enumerate(knee_rates(plan)):
+        if not active:
+            break
+        if time.monotonic() - t0 > plan.budget_s:
+            for side in active:
+                sweeps[side.name].stopped = f"time budget ({plan.budget_s:g} s) spent"
+                sweeps[side.name].open_ended = True
+            active = []
+            break
+        n = step_runs(plan, rate, first=i == 0)
+        for side in list(active) if i % 2 == 0 else active[::-1]:
+            sweep = sweeps[side.name]
+            for _ in range(KNEE_TRIES):
+                if await knee_step(side, rate, n, sweep, first=i == 0):
+                    sweep.knee = rate
+                    break
+            else:
+                active.remove(side)
+    for side in active:
+        sweeps[side.name].stopped = f"rate cap ({plan.cap:g} runs/s) reached"
+        sweeps[side.name].open_ended = True
 
 
 # -- where the time goes -------------------------------------------------------------------
@@ -964,9 +1173,9 @@ def _read_stamps(path: Path) -> dict[str, dict[str, int]]:
 # -- clean-up ------------------------------------------------------------------------------
 
 
-async def purge_memcached(settings: Settings, prefix: str) -> int:
-    """Deletes the Memcached keys under `prefix` (the mesh's read-through cache), found
-    with `lru_crawler metadump all`."""
+async def purge_memcached(settings: Settings, prefix: str | tuple[str, ...]) -> int:
+    """Deletes the Memcached keys under `prefix` (or any of several: the meshes'
+    read-through caches), found with one `lru_crawler metadump all`."""
     host, port = settings.memcached_address
     reader, writer = await asyncio.open_connection(host, port)
     try:
@@ -1022,8 +1231,9 @@ async def _drop_kafka_names(settings: Settings, topics: list[str], group_prefix:
                 log(f"  clean-up of Kafka topic {topic} failed: {exc!r}")
 
 
-async def clean_up(settings: Settings, ns: str, bare: BareNames) -> None:
-    """Deletes what either side made; every step runs even when an earlier one failed."""
+async def clean_up(settings: Settings, namespaces: Sequence[str], bare: BareNames) -> None:
+    """Deletes what any side made (the meshes' `namespaces` and the baseline's names);
+    every step runs even when an earlier one failed."""
     log("cleaning up")
 
     async def step(what: str, action: Callable[[], Awaitable[Any]]) -> None:
@@ -1033,12 +1243,14 @@ async def clean_up(settings: Settings, ns: str, bare: BareNames) -> None:
             log(f"  clean-up of {what} failed: {exc!r}")
 
     async def kafka() -> None:
-        topics = [t.name for t in kafka_topics(settings, prefix=ns)]
-        await _drop_kafka_names(settings, topics, ns)
+        for ns in namespaces:
+            topics = [t.name for t in kafka_topics(settings, prefix=ns)]
+            await _drop_kafka_names(settings, topics, ns)
         await _drop_kafka_names(settings, [bare.requested, bare.called], bare.prefix)
 
     async def rabbit() -> None:
-        await _drop_rabbit(settings, task_topologies(settings, prefix=ns))
+        for ns in namespaces:
+            await _drop_rabbit(settings, task_topologies(settings, prefix=ns))
         connection = await aio_pika.connect(settings.amqp_url, timeout=10)
         async with connection:
             channel = await connection.channel()
@@ -1048,13 +1260,13 @@ async def clean_up(settings: Settings, ns: str, bare: BareNames) -> None:
     async def redis() -> None:
         client = aioredis.Redis.from_url(settings.redis_dsn)
         try:
-            for prefix in (ns, bare.prefix):
+            for prefix in (*namespaces, bare.prefix):
                 await purge_redis(client, prefix)
         finally:
             await client.aclose()
 
     async def memcached() -> None:
-        await purge_memcached(settings, ns)
+        await purge_memcached(settings, tuple(namespaces))
 
     await step("Kafka topics and groups", kafka)
     await step("RabbitMQ queues and exchanges", rabbit)
@@ -1093,122 +1305,169 @@ def _ratio(flux: float, bare: float) -> str:
     return f"{flux / bare:.2f}x" if bare > 0 else "-"
 
 
-def cpu_rows(bare: Phase, flux: Phase, stack: bool) -> list[tuple[str, str, str, str]]:
+Row = tuple[str, ...]
+
+
+def _header(names: Sequence[str]) -> Row:
+    """bare, agentflux and its ratio; then sampled out and its ratios to both, if run."""
+    header = ["", BARE, FLUX, f"{FLUX}/{BARE}"]
+    if SAMPLED in names:
+        header += [SAMPLED, f"{SAMPLED}/{BARE}", f"{SAMPLED}/{FLUX}"]
+    return tuple(header)
+
+
+def _row(
+    label: str, values: dict[str, float], fmt: Callable[[float], str] = _ms, ratios: bool = True
+) -> Row:
+    """A row of numbers, one per side, with each ratio of the header (if `ratios`)."""
+    b, f = values[BARE], values[FLUX]
+    row = [label, fmt(b), fmt(f), _ratio(f, b) if ratios else ""]
+    if SAMPLED in values:
+        x = values[SAMPLED]
+        row += [fmt(x), _ratio(x, b) if ratios else "", _ratio(x, f) if ratios else ""]
+    return tuple(row)
+
+
+def _text_row(label: str, cells: dict[str, str]) -> Row:
+    row = [label, cells[BARE], cells[FLUX], ""]
+    if SAMPLED in cells:
+        row += [cells[SAMPLED], "", ""]
+    return tuple(row)
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.1f}"
+
+
+def cpu_rows(phases: dict[str, Phase], stack: bool) -> list[Row]:
     rows = [("services' process CPU ms/run", "server"), ("client CPU ms/run", "client")]
     if stack:
         rows.append(("stack CPU ms/run (Kafka, RabbitMQ, Redis, Memcached)", "stack"))
-    out = []
-    for label, what in rows:
-        b, f = bare.per_run_ms(what), flux.per_run_ms(what)
-        out.append((label, _ms(b), _ms(f), _ratio(f, b)))
-    return out
+    return [_row(label, {n: p.per_run_ms(what) for n, p in phases.items()}) for label, what in rows]
 
 
-HEADER = ("", "bare", "agentflux", "agentflux/bare")
-
-
-def busy_row(bare: Phase, flux: Phase) -> tuple[str, str, str, str]:
+def busy_row(phases: dict[str, Phase]) -> Row:
     """How busy the services' process was while its side's rounds ran."""
-    return (
+    return _text_row(
         "services' process CPU, % of one core",
-        f"{bare.cpu.server / bare.cpu.seconds * 100:.0f}%",
-        f"{flux.cpu.server / flux.cpu.seconds * 100:.0f}%",
-        "",
+        {n: f"{p.cpu.server / p.cpu.seconds * 100:.0f}%" for n, p in phases.items()},
     )
+
+
+def _stats_rows(stats: dict[str, Stats], which: Sequence[str]) -> list[Row]:
+    return [_row(f"{attr} ms", {n: getattr(st, attr) for n, st in stats.items()}) for attr in which]
 
 
 def sequential_table(phases: dict[str, Phase], idle: dict[str, float], stack: bool) -> str:
-    bare, flux = phases["bare"], phases["agentflux"]
-    b, f = bare.stats(), flux.stats()
-    body = [("runs", str(b.n), str(f.n), "")]
-    for label, attr in (
-        ("p50 ms", "p50"),
-        ("p90 ms", "p90"),
-        ("p99 ms", "p99"),
-        ("mean ms", "mean"),
-    ):
-        bv, fv = getattr(b, attr), getattr(f, attr)
-        body.append((label, _ms(bv), _ms(fv), _ratio(fv, bv)))
-    body.append(
-        (
-            "runs/s, one at a time",
-            f"{b.ops_per_s:,.1f}",
-            f"{f.ops_per_s:,.1f}",
-            _ratio(f.ops_per_s, b.ops_per_s),
-        )
-    )
-    body += cpu_rows(bare, flux, stack)
-    body.append(busy_row(bare, flux))
+    stats = {n: p.stats() for n, p in phases.items()}
+    body = [_text_row("runs", {n: str(st.n) for n, st in stats.items()})]
+    body += _stats_rows(stats, ("p50", "p90", "p99", "mean"))
+    ops = {n: st.ops_per_s for n, st in stats.items()}
+    body.append(_row("runs/s, one at a time", ops, _rate))
+    body += cpu_rows(phases, stack)
+    body.append(busy_row(phases))
     if idle:
-        b_idle, f_idle = idle["bare"] * 100, idle["agentflux"] * 100
         body.append(
-            ("services' process CPU at idle, % of one core", f"{b_idle:.1f}%", f"{f_idle:.1f}%", "")
+            _text_row(
+                "services' process CPU at idle, % of one core",
+                {n: f"{idle[n] * 100:.1f}%" for n in phases if n in idle},
+            )
         )
-    return _markdown(HEADER, body)
+    return _markdown(_header(list(phases)), body)
 
 
 def open_table(phases: dict[str, Phase], stack: bool) -> str:
-    bare, flux = phases["bare"], phases["agentflux"]
-    b, f = bare.stats(), flux.stats()
+    stats = {n: p.stats() for n, p in phases.items()}
 
-    def rounds(phase: Phase, key: str, fmt: str) -> str:
-        return " / ".join(format(r[key], fmt) for r in phase.rounds)
-
-    def kept(phase: Phase) -> str:
-        return "yes" if all(r["kept_up"] for r in phase.rounds) else "NO"
+    def rounds(key: str, fmt: str) -> dict[str, str]:
+        return {n: " / ".join(format(r[key], fmt) for r in p.rounds) for n, p in phases.items()}
 
     body = [
-        ("runs", str(b.n), str(f.n), ""),
-        (
-            "achieved runs/s, per round",
-            rounds(bare, "achieved_per_s", ".2f"),
-            rounds(flux, "achieved_per_s", ".2f"),
-            "",
+        _text_row("runs", {n: str(st.n) for n, st in stats.items()}),
+        _text_row("achieved runs/s, per round", rounds("achieved_per_s", ".2f")),
+        _text_row(
+            "kept up (every round)",
+            {n: "yes" if all(r["kept_up"] for r in p.rounds) else "NO" for n, p in phases.items()},
         ),
-        ("kept up (every round)", kept(bare), kept(flux), ""),
-        (
-            "last run done after its start, s",
-            rounds(bare, "drain_s", ".2f"),
-            rounds(flux, "drain_s", ".2f"),
-            "",
-        ),
-        (
+        _text_row("last run done after its start, s", rounds("drain_s", ".2f")),
+        _text_row(
             "most runs in flight",
-            str(max(r["max_in_flight"] for r in bare.rounds)),
-            str(max(r["max_in_flight"] for r in flux.rounds)),
-            "",
+            {n: str(max(r["max_in_flight"] for r in p.rounds)) for n, p in phases.items()},
         ),
     ]
-    for label, attr in (("p50 ms", "p50"), ("p90 ms", "p90"), ("p99 ms", "p99")):
-        bv, fv = getattr(b, attr), getattr(f, attr)
-        body.append((label, _ms(bv), _ms(fv), _ratio(fv, bv)))
-    body += cpu_rows(bare, flux, stack)
-    body.append(busy_row(bare, flux))
-    return _markdown(HEADER, body)
+    body += _stats_rows(stats, ("p50", "p90", "p99"))
+    body += cpu_rows(phases, stack)
+    body.append(busy_row(phases))
+    return _markdown(_header(list(phases)), body)
 
 
 def closed_table(phases: dict[str, Phase], stack: bool) -> str:
-    bare, flux = phases["bare"], phases["agentflux"]
-    b, f = bare.stats(), flux.stats()
-    rb = [r["runs_per_s"] for r in bare.rounds]
-    rf = [r["runs_per_s"] for r in flux.rounds]
-    mb, mf = statistics.median(rb), statistics.median(rf)
+    stats = {n: p.stats() for n, p in phases.items()}
+    per_round = {n: [r["runs_per_s"] for r in p.rounds] for n, p in phases.items()}
     body = [
-        ("runs", str(b.n), str(f.n), ""),
-        ("runs/s (median of rounds)", f"{mb:,.1f}", f"{mf:,.1f}", _ratio(mf, mb)),
-        (
+        _text_row("runs", {n: str(st.n) for n, st in stats.items()}),
+        _row(
+            "runs/s (median of rounds)",
+            {n: statistics.median(r) for n, r in per_round.items()},
+            _rate,
+        ),
+        _text_row(
             "runs/s, rounds min-max",
-            f"{min(rb):,.1f}-{max(rb):,.1f}",
-            f"{min(rf):,.1f}-{max(rf):,.1f}",
-            "",
+            {n: f"{_rate(min(r))}-{_rate(max(r))}" for n, r in per_round.items()},
         ),
     ]
-    for label, attr in (("p50 ms", "p50"), ("p99 ms", "p99")):
-        bv, fv = getattr(b, attr), getattr(f, attr)
-        body.append((label, _ms(bv), _ms(fv), _ratio(fv, bv)))
-    body += cpu_rows(bare, flux, stack)
-    body.append(busy_row(bare, flux))
-    return _markdown(HEADER, body)
+    body += _stats_rows(stats, ("p50", "p99"))
+    body += cpu_rows(phases, stack)
+    body.append(busy_row(phases))
+    return _markdown(_header(list(phases)), body)
+
+
+def knee_table(sweep: Sweep) -> str:
+    header = (
+        "rate offered",
+        "runs",
+        "achieved runs/s",
+        "kept up",
+        "last done after its start, s",
+        "p50 ms",
+        "p99 ms",
+        "p99/baseline",
+        "services' CPU, % of a core",
+    )
+    body = []
+    for step in sweep.steps:
+        kept = "yes" if step["kept_up"] else "NO"
+        if step["refused"]:
+            kept += f" ({step['refused']} refused)"
+        body.append(
+            (
+                f"{step['rate_per_s']:g}/s{' again' if step.get('again') else ''}",
+                str(step["runs"]),
+                f"{step['achieved_per_s']:.1f}",
+                kept,
+                f"{step['drain_s']:.2f}",
+                _ms(step["p50_ms"]),
+                _ms(step["p99_ms"]),
+                f"{step['p99_over_baseline']:.2f}x",
+                f"{step['server_cpu_share'] * 100:.0f}%",
+            )
+        )
+    return _markdown(header, body)
+
+
+def _knee_text(sweep: Sweep, start: float) -> str:
+    if sweep.knee is None:
+        return f"below {start:g} runs/s"
+    return f"{'>= ' if sweep.open_ended else ''}{sweep.knee:g} runs/s"
+
+
+def knee_ratio(sweeps: dict[str, Sweep]) -> str:
+    """agentflux's knee over bare's; a bound when either sweep never failed."""
+    bare, flux = sweeps[BARE], sweeps[FLUX]
+    if bare.knee is None or flux.knee is None or (bare.open_ended and flux.open_ended):
+        return "-"
+    bound = "<= " if bare.open_ended else ">= " if flux.open_ended else ""
+    return f"{bound}{flux.knee / bare.knee:.2f}x"
 
 
 REDIS_ROWS = (
@@ -1266,9 +1525,12 @@ def breakdown_table(got: dict[str, tuple[list[float], float, int]]) -> str:
 # -- main ----------------------------------------------------------------------------------
 
 
-def mesh_env(ns: str, gateway: int, indexer: int, folder: Path) -> dict[str, str]:
-    """The mesh's environment: its namespace, ports, index folder and span store."""
-    return {
+def mesh_env(
+    ns: str, gateway: int, indexer: int, folder: Path, api_keys: str, sample_ratio: str | None
+) -> dict[str, str]:
+    """A mesh's environment: its namespace, ports, index folder and span store, the
+    bench's API key, and its trace sampling (None: the default, every trace)."""
+    env = {
         **os.environ,
         "AGENTFLUX_NAMESPACE": ns,
         "AGENTFLUX_GATEWAY_PORT": str(gateway),
@@ -1277,83 +1539,174 @@ def mesh_env(ns: str, gateway: int, indexer: int, folder: Path) -> dict[str, str
         # The span store stays on (the default), in the temporary folder: <stack_dir>/traces.
         # stack_dir is read for nothing else by `serve`.
         "AGENTFLUX_STACK_DIR": str(folder),
+        # The gateway requires an API key (the default). The bench's key comes from the
+        # settings, checked in memory: a key made by `agentflux tenants add` would add
+        # one Redis round trip per call.
+        "AGENTFLUX_API_KEYS": api_keys,
+        # Far above what the bench calls (the default, 600 calls a minute, would refuse
+        # most of them); the limiter's script still runs on every call, as anywhere.
+        "AGENTFLUX_RATE_LIMIT": str(RATE_LIMIT),
         "PYTHONUNBUFFERED": "1",
     }
+    # Not inherited: the full side is what a deployment gets by default.
+    env.pop("AGENTFLUX_TRACE_SAMPLE_RATIO", None)
+    if sample_ratio is not None:
+        env["AGENTFLUX_TRACE_SAMPLE_RATIO"] = sample_ratio
+    return env
 
 
 def _progress(label: str, phases: dict[str, Phase]) -> None:
-    b, f = phases["bare"].stats(), phases["agentflux"].stats()
+    stats = {n: p.stats() for n, p in phases.items()}
+    b = stats[BARE]
     log(
-        f"  {label}: p50 bare {_ms(b.p50)} ms, agentflux {_ms(f.p50)} ms "
-        f"({f.p50 / b.p50:.2f}x); p99 {_ms(b.p99)} vs {_ms(f.p99)} ms"
+        f"  {label}: "
+        + "; ".join(
+            f"{n} p50 {_ms(st.p50)} ms ({st.p50 / b.p50:.2f}x), p99 {_ms(st.p99)} ms"
+            for n, st in stats.items()
+        )
     )
 
 
 async def start_sides(
-    stack: AsyncExitStack, folder: Path, ns: str, bare: BareNames, procs: list[Child]
+    stack: AsyncExitStack,
+    folder: Path,
+    namespaces: Sequence[str],
+    bare: BareNames,
+    procs: list[Child],
+    key: str,
 ) -> list[Side]:
-    """Both processes, started at once and waited for; a client channel to each."""
-    gateway_port, bare_port = free_port(), free_port()
-    flux = Child.start(
-        "agentflux serve",
-        [AGENTFLUX, "serve"],
-        mesh_env(ns, gateway_port, free_port(), folder),
-        folder / "serve.log",
-    )
-    procs.append(flux)
+    """The processes (bare, agentflux, and sampled out when there is a second
+    namespace), started at once and waited for; a client channel to each. Each one is
+    stopped on the way out from the moment it exists."""
+    api_keys = f"{BARE_TENANT}:{digest_of(key)}"
+    bare_port = free_port()
     helper = [sys.executable, "-m", "bench.runs", "--bare-chain", bare.prefix]
     helper += ["--port", str(bare_port), "--stamps", str(folder / "bare-stamps.json")]
     bare_proc = Child.start(
         "bare chain", helper, {**os.environ, "PYTHONUNBUFFERED": "1"}, folder / "bare.log"
     )
     procs.append(bare_proc)
+    stack.push_async_callback(bare_proc.stop)
+    wanted = [(BARE, bare_proc, bare_port, False)]
+    meshes: list[tuple[str, str, Path, str | None]] = [(FLUX, "agentflux serve", folder, None)]
+    if len(namespaces) > 1:
+        (folder / "sampled-out").mkdir()
+        meshes.append((SAMPLED, "agentflux serve, sampled out", folder / "sampled-out", "0"))
+    for (name, title, home, ratio), ns in zip(meshes, namespaces, strict=True):
+        port = free_port()
+        env = mesh_env(ns, port, free_port(), home, api_keys, ratio)
+        log_file = home / f"serve-{ns.rstrip('.')}.log"
+        proc = Child.start(title, [AGENTFLUX, "serve"], env, log_file)
+        procs.append(proc)
+        stack.push_async_callback(proc.stop)
+        wanted.append((name, proc, port, True))
     t0 = time.monotonic()
-    lines = await asyncio.gather(bare_proc.ready(), flux.ready())
-    log(f"both sides ready in {time.monotonic() - t0:.1f} s:")
+    lines = await asyncio.gather(*(proc.ready() for _, proc, _, _ in wanted))
+    log(f"{len(wanted)} sides ready in {time.monotonic() - t0:.1f} s:")
     for line in lines:
         log(f"  {line}")
     sides = []
-    for name, proc, port, strict in (
-        ("bare", bare_proc, bare_port, False),
-        ("agentflux", flux, gateway_port, True),
-    ):
+    for name, proc, port, strict in wanted:
         channel = grpc.aio.insecure_channel(f"{LOOPBACK}:{port}")
         stack.push_async_callback(channel.close)
-        sides.append(Side(name, proc, channel, strict))
+        sides.append(Side(name, proc, channel, strict, key_metadata(key)))
     return sides
+
+
+@dataclass
+class Findings:
+    """Everything a run of the bench found, for the report and the JSON."""
+
+    results: dict[str, dict[str, Phase]] = field(default_factory=dict)  # phase -> side
+    idle: dict[str, float] = field(default_factory=dict)
+    sweeps: dict[str, Sweep] = field(default_factory=dict)  # the knee, per side
+    costs: dict[str, float] = field(default_factory=dict)
+    bare_marks: dict[str, dict[str, int]] = field(default_factory=dict)
+    breakdowns: dict[str, dict[str, tuple[list[float], float, int]]] = field(default_factory=dict)
+    sampled_check: dict[str, Any] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
 
 
 async def measure_all(
     sides: Sequence[Side],
     plan: Plan,
+    knee_plan: KneePlan | None,
+    only_knee: bool,
     rate: float,
     pids: dict[str, int],
-    results: dict[str, dict[str, Phase]],
-    idle: dict[str, float],
+    found: Findings,
 ) -> None:
     k = plan.in_flight
+    # The open loop at one rate and the knee compare bare with agentflux only; the
+    # sampled-out side is there to be set beside both, one at a time and in a closed loop.
+    two = [s for s in sides if s.name in (BARE, FLUX)]
     log(f"warm-up: {plan.warmup} runs one at a time, then {2 * k} with {k} in flight, per side")
     for side in sides:
         await warm_up(side, plan)
-    idle.update(await idle_cpu(sides, plan.idle_s))
-    log("  idle: " + ", ".join(f"{n} {v * 100:.1f}% of a core" for n, v in idle.items()))
-    log(f"sequential: {plan.seq_runs} runs per side in {plan.seq_rounds} rounds")
-    results["sequential"] = await sequential(sides, plan, pids)
-    _progress("sequential", results["sequential"])
-    log(f"open loop: {rate:g} runs/s for {plan.load_s:g} s per side, {plan.load_rounds} rounds")
-    results["open"] = await open_loop(sides, plan, rate, pids)
-    _progress("open loop", results["open"])
-    log(f"closed loop: {k} in flight, {plan.burst_runs} runs per round, {plan.burst_rounds} rounds")
-    results["closed"] = await closed_loop(sides, plan, pids)
-    _progress("closed loop", results["closed"])
+    results = found.results
+    if not only_knee:
+        found.idle.update(await idle_cpu(sides, plan.idle_s))
+        log("  idle: " + ", ".join(f"{n} {v * 100:.1f}% of a core" for n, v in found.idle.items()))
+        log(f"sequential: {plan.seq_runs} runs per side in {plan.seq_rounds} rounds")
+        results["sequential"] = await sequential(sides, plan, pids)
+        _progress("sequential", results["sequential"])
+        log(f"open loop: {rate:g} runs/s for {plan.load_s:g} s per side, {plan.load_rounds} rounds")
+        results["open"] = await open_loop(two, plan, rate, pids)
+        _progress("open loop", results["open"])
+        log(
+            f"closed loop: {k} in flight, {plan.burst_runs} runs per round, "
+            f"{plan.burst_rounds} rounds"
+        )
+        results["closed"] = await closed_loop(sides, plan, pids)
+        _progress("closed loop", results["closed"])
+    if knee_plan is not None:
+        log(
+            f"knee: open-loop steps from {knee_plan.start:g} runs/s, x{knee_plan.factor:g} each, "
+            f"up to {knee_plan.cap:g}, for at most {knee_plan.budget_s:g} s"
+        )
+        await knee(two, knee_plan, found.sweeps)
+        for name, sweep in found.sweeps.items():
+            log(f"  {name}: knee {_knee_text(sweep, knee_plan.start)} ({sweep.stopped})")
+
+
+def span_store_lines(folder: Path) -> int:
+    """Spans in a span store: its non-empty lines."""
+    count = 0
+    for path in folder.glob("*.jsonl"):
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            count += sum(1 for line in lines if line.strip())
+    return count
+
+
+def sampled_out_check(folder: Path, phases: dict[str, dict[str, Phase]]) -> dict[str, Any]:
+    """What the sampled-out side's span store holds: nothing of its runs, if the
+    sampling holds (the whole trace of a sampled-out root is absent)."""
+    facts = span_facts(folder)
+    run_spans = sum(c["spans"] for c in facts.counts.values())
+    stream_spans = sum(c["spans"] for c in facts.streams)
+    runs = sum(len(p[SAMPLED].samples) for p in phases.values() if SAMPLED in p)
+    return {
+        "span_store_lines": span_store_lines(folder),
+        "runs_with_spans": len(facts.counts),
+        "run_trace_spans": run_spans,
+        "streamrun_trace_spans": stream_spans,
+        "measured_runs": runs,
+        "ok": run_spans == 0 and stream_spans == 0,
+    }
 
 
 async def run(args: argparse.Namespace) -> int:
     settings = Settings()
     plan = QUICK_PLAN if args.quick else PLAN
+    knee_plan = None if args.knee == "off" else QUICK_KNEE_PLAN if args.quick else KNEE_PLAN
+    only_knee = args.knee == "only"
     rate: float = args.rate
     token = uuid.uuid4().hex[:8]
     ns = f"bench-{token}."  # a mesh namespace is a single label
+    namespaces = [ns]
+    sampled = args.sampled_out and not only_knee  # it takes part in no step of the knee
+    if sampled:
+        namespaces.append(f"bench-{token}-s.")  # not under `ns`: nor is `ns` under it
     bare = BareNames(f"bench.{token}.")
     started = datetime.now(UTC)
     problems = await preflight(settings, ("kafka", "rabbitmq", "redis", "memcached"))
@@ -1364,81 +1717,117 @@ async def run(args: argparse.Namespace) -> int:
         return 2
     load_start = os.getloadavg()
     log(
-        f"agentflux bench runs ({'quick' if args.quick else 'full'}): mesh namespace {ns}, "
-        f"bare names under {bare.prefix}; {os.cpu_count()} CPUs, load {load_start[0]:.2f}"
+        f"agentflux bench runs ({'quick' if args.quick else 'full'}"
+        f"{', knee only' if only_knee else ''}): mesh namespace{'s' if sampled else ''} "
+        f"{' and '.join(namespaces)}, bare names under {bare.prefix}; "
+        f"{os.cpu_count()} CPUs, load {load_start[0]:.2f}"
     )
+    if args.sampled_out and only_knee:
+        log("  (no sampled-out side: it is measured one at a time and in the closed loop)")
     pids = stack_pids(settings)
-    results: dict[str, dict[str, Phase]] = {}
-    idle: dict[str, float] = {}
-    costs: dict[str, float] = {}
-    bare_marks: dict[str, dict[str, int]] = {}
-    breakdowns: dict[str, dict[str, tuple[list[float], float, int]]] = {}
-    failures: list[str] = []
+    found = Findings()
+    failures = found.failures
     t_all = time.monotonic()
     async with AsyncExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentflux-bench-")))
-        stack.push_async_callback(clean_up, settings, ns, bare)  # after both processes stop
+        # After every process stopped (the stack unwinds in reverse).
+        stack.push_async_callback(clean_up, settings, namespaces, bare)
         procs: list[Child] = []
-        for_sure = stack.push_async_callback
         try:
             await declare_bare(settings, bare)
-            sides = await start_sides(stack, folder, ns, bare, procs)
-            for proc in procs:
-                for_sure(proc.stop)
-            await measure_all(sides, plan, rate, pids, results, idle)
+            sides = await start_sides(stack, folder, namespaces, bare, procs, new_key())
+            await measure_all(sides, plan, knee_plan, only_knee, rate, pids, found)
         except Exception as exc:
             failures.append(f"{type(exc).__name__}: {exc}")
             log(f"FAILED: {failures[-1]}")
-        # Stopped here, not only on the way out, so that the mesh's spans are flushed and
-        # the bare chain's stamps written before the breakdown reads them.
+            # Their output goes with the temporary folder: what led up to it, while it lasts.
+            for proc in procs:
+                log(f"  the last lines of {proc.name}:\n{proc.tail(15)}")
+        # Stopped here, not only on the way out, so that the meshes' spans are flushed and
+        # the bare chain's stamps written before the breakdown and the check read them.
         for proc in procs:
             code = await proc.stop()
             if code != 0:
                 failures.append(f"{proc.name} exited {code} (0 expected, after SIGTERM)")
                 log(f"{failures[-1]}; its last lines:\n{proc.tail()}")
+        results = found.results
         if results:
             facts = span_facts(folder / "traces")
             flux_marks = facts.marks
             if "sequential" in results:
-                costs.update(run_costs(facts, results["sequential"]["agentflux"].samples))
-            bare_marks = _read_stamps(folder / "bare-stamps.json")
+                found.costs.update(run_costs(facts, results["sequential"][FLUX].samples))
+            found.bare_marks = _read_stamps(folder / "bare-stamps.json")
             for phase in ("sequential", "closed"):
                 if phase in results:
-                    breakdowns[phase] = {
-                        "bare": breakdown(results[phase]["bare"].samples, bare_marks),
-                        "agentflux": breakdown(results[phase]["agentflux"].samples, flux_marks),
+                    found.breakdowns[phase] = {
+                        BARE: breakdown(results[phase][BARE].samples, found.bare_marks),
+                        FLUX: breakdown(results[phase][FLUX].samples, flux_marks),
                     }
+        if any(SAMPLED in phases for phases in results.values()):
+            check = sampled_out_check(folder / "sampled-out" / "traces", results)
+            found.sampled_check = check
+            if not check["ok"]:
+                failures.append(
+                    f"the sampled-out side recorded {check['run_trace_spans']} spans of "
+                    f"{check['runs_with_spans']} runs and {check['streamrun_trace_spans']} of "
+                    "StreamRun calls (0 expected): does `serve` honour "
+                    "AGENTFLUX_TRACE_SAMPLE_RATIO?"
+                )
     log(f"done in {time.monotonic() - t_all:.1f} s")
-    print(report(results, idle, costs, bare_marks, breakdowns, plan, rate, bool(pids)))
+    print(report(found, plan, knee_plan, rate, bool(pids)))
     if failures:
         print("\nFAILED: " + "; ".join(failures))
     if args.json:
         load = (load_start, os.getloadavg())
-        doc = to_json(results, idle, costs, breakdowns, plan, rate, args, started, load, failures)
+        doc = to_json(found, plan, knee_plan, rate, args, started, load)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
         log(f"results written to {args.json}")
     return 1 if failures else 0
 
 
+def knee_report(sweeps: dict[str, Sweep], plan: KneePlan) -> list[str]:
+    parts = [
+        "",
+        f"Knee: open-loop steps from {plan.start:g} runs/s, x{plan.factor:g} each, up to "
+        f"{plan.cap:g} runs/s, sides interleaved per step; a step lasts {plan.step_s:g} s or "
+        f"{plan.min_runs} runs, whichever is first, at least {plan.floor_s:g} s (the first: "
+        f"at least {plan.base_runs} runs). The knee is the highest rate kept up with at a p99 "
+        f"at most {KNEE_P99_LIMIT:g}x the p99 at {plan.start:g} runs/s (the baseline).",
+    ]
+    for name, sweep in sweeps.items():
+        if not sweep.steps:
+            continue
+        parts += [
+            "",
+            f"{name}: baseline p99 {_ms(sweep.baseline_p99)} ms; stopped: "
+            f"{sweep.stopped or 'a run failed'}.",
+            knee_table(sweep),
+        ]
+    if BARE in sweeps and FLUX in sweeps:
+        parts += [
+            "",
+            f"Knee: bare {_knee_text(sweeps[BARE], plan.start)}, agentflux "
+            f"{_knee_text(sweeps[FLUX], plan.start)}; agentflux/bare {knee_ratio(sweeps)}.",
+        ]
+    return parts
+
+
 def report(
-    results: dict[str, dict[str, Phase]],
-    idle: dict[str, float],
-    costs: dict[str, float],
-    bare_marks: dict[str, dict[str, int]],
-    breakdowns: dict[str, dict[str, tuple[list[float], float, int]]],
-    plan: Plan,
-    rate: float,
-    stack: bool,
+    found: Findings, plan: Plan, knee_plan: KneePlan | None, rate: float, stack: bool
 ) -> str:
-    if not results:
+    results = found.results
+    if not results and not any(s.steps for s in found.sweeps.values()):
         return "No phase finished."
     parts = []
+    ratios = "ratio = agentflux / bare"
+    if any(SAMPLED in phases for phases in results.values()):
+        ratios = "ratios: agentflux / bare, sampled out / bare, sampled out / agentflux"
     if "sequential" in results:
         parts += [
             f"One run at a time ({plan.seq_runs} runs per side, {plan.seq_rounds} interleaved "
-            "rounds); latency = Submit -> `finished` received, ms; ratio = agentflux / bare:",
-            sequential_table(results["sequential"], idle, stack),
+            f"rounds); latency = Submit -> `finished` received, ms; {ratios}:",
+            sequential_table(results["sequential"], found.idle, stack),
         ]
     if "open" in results:
         parts += [
@@ -1454,10 +1843,25 @@ def report(
             f"{plan.burst_rounds} rounds per side); runs/s ratio below 1.00x = slower:",
             closed_table(results["closed"], stack),
         ]
+    if knee_plan is not None and found.sweeps:
+        parts += knee_report(found.sweeps, knee_plan)
+    check = found.sampled_check
+    if check:
+        verdict = "OK" if check["ok"] else "NOT sampled out"
+        parts += [
+            "",
+            f"Sampled out (AGENTFLUX_TRACE_SAMPLE_RATIO=0), its span store after "
+            f"{check['measured_runs']} measured runs and the warm-up: "
+            f"{check['span_store_lines']} spans in all; {check['run_trace_spans']} in the "
+            f"traces of {check['runs_with_spans']} runs, {check['streamrun_trace_spans']} in "
+            f"StreamRun calls' traces: {verdict}. What one run costs and where the time goes "
+            "come from spans: not for this side.",
+        ]
+    costs = found.costs
     if costs and "sequential" in results:
         bare_xreads = statistics.median(
-            bare_marks.get(s.run_id, {}).get("xreads", 0)
-            for s in results["sequential"]["bare"].samples
+            found.bare_marks.get(s.run_id, {}).get("xreads", 0)
+            for s in results["sequential"][BARE].samples
         )
         events = {
             n: statistics.median(s.events for s in p.samples)
@@ -1468,19 +1872,19 @@ def report(
             f"What one run costs, one at a time (agentflux: from its spans, over "
             f"{costs.get('run: traces', 0):g} runs and {costs.get('stream: traces', 0):g} "
             f"StreamRun calls; bare: by construction). Stream events received per run: "
-            f"{events['agentflux']:g} agentflux, {events['bare']:g} bare.",
+            f"{events[FLUX]:g} agentflux, {events[BARE]:g} bare.",
             cost_table(costs, bare_xreads),
         ]
     titles = {"sequential": "one run at a time", "closed": f"{plan.in_flight} in flight"}
-    for phase, got in breakdowns.items():
-        if got["bare"][2] and got["agentflux"][2]:
+    for phase, got in found.breakdowns.items():
+        if got[BARE][2] and got[FLUX][2]:
             parts += [
                 "",
                 f"Where the time goes, {titles[phase]}: median of each segment, wall clock "
                 "(agentflux: its spans; bare: its stamps):",
                 breakdown_table(got),
             ]
-    return "\n".join(parts)
+    return "\n".join(parts).lstrip("\n")
 
 
 def _phase_json(phase: Phase) -> dict[str, Any]:
@@ -1494,17 +1898,35 @@ def _phase_json(phase: Phase) -> dict[str, Any]:
     }
 
 
+def _knee_json(sweeps: dict[str, Sweep], plan: KneePlan | None) -> dict[str, Any]:
+    if plan is None:
+        return {}
+    return {
+        "plan": asdict(plan),
+        "p99_limit_over_baseline": KNEE_P99_LIMIT,
+        "drain_limit_s": DRAIN_LIMIT_S,
+        "sides": {
+            name: {
+                "knee_per_s": sweep.knee,
+                "at_least": sweep.open_ended,
+                "stopped": sweep.stopped,
+                "baseline_p99_ms": sweep.baseline_p99,
+                "steps": sweep.steps,
+            }
+            for name, sweep in sweeps.items()
+        },
+        "agentflux_over_bare": knee_ratio(sweeps) if BARE in sweeps and FLUX in sweeps else "-",
+    }
+
+
 def to_json(
-    results: dict[str, dict[str, Phase]],
-    idle: dict[str, float],
-    costs: dict[str, float],
-    breakdowns: dict[str, dict[str, tuple[list[float], float, int]]],
+    found: Findings,
     plan: Plan,
+    knee_plan: KneePlan | None,
     rate: float,
     args: argparse.Namespace,
     started: datetime,
     load: tuple[tuple[float, ...], tuple[float, ...]],
-    failures: list[str],
 ) -> dict[str, Any]:
     return {
         "started": started.isoformat(),
@@ -1513,6 +1935,16 @@ def to_json(
         "rate_per_s": rate,
         "prompt": PROMPT,
         "answer": ANSWER,
+        "sides": [
+            n
+            for n in (BARE, FLUX, SAMPLED)
+            if n in found.sweeps or any(n in p for p in found.results.values())
+        ],
+        "mesh_settings": {
+            "api_key": "from AGENTFLUX_API_KEYS",
+            "rate_limit": RATE_LIMIT,
+            "sampled_out_trace_sample_ratio": 0.0,
+        },
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
@@ -1520,20 +1952,22 @@ def to_json(
             "loadavg_start": load[0],
             "loadavg_end": load[1],
         },
-        "idle_cpu_share_of_a_core": idle,
-        "agentflux_per_run_from_spans": costs,
+        "idle_cpu_share_of_a_core": found.idle,
+        "agentflux_per_run_from_spans": found.costs,
         "phases": {
             name: {side: _phase_json(p) for side, p in phases.items()}
-            for name, phases in results.items()
+            for name, phases in found.results.items()
         },
+        "knee": _knee_json(found.sweeps, knee_plan),
+        "sampled_out_span_check": found.sampled_check,
         "breakdown_ms": {
             name: {
                 side: {"segments": dict(zip(SEGMENTS, seg, strict=False)), "whole": t, "runs": n}
                 for side, (seg, t, n) in got.items()
             }
-            for name, got in breakdowns.items()
+            for name, got in found.breakdowns.items()
         },
-        "failures": failures,
+        "failures": found.failures,
     }
 
 
@@ -1542,16 +1976,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m bench.runs",
         description="Whole agent runs through `agentflux serve` beside the same hops done "
         "with bare clients, interleaved in one run: latency one at a time, at a fixed "
-        "load, and runs/s with several in flight.",
+        "load, runs/s with several in flight, and the knee of sustained throughput; beside "
+        "them, a second `serve` whose traces are all sampled out.",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="fewer runs (under 1 minute instead of about 3)"
+        "--quick",
+        action="store_true",
+        help="fewer runs and shorter steps (about 2 minutes instead of about 7)",
     )
     parser.add_argument(
         "--rate",
         type=float,
         default=DEFAULT_RATE,
         help=f"runs per second of the open-loop load (default {DEFAULT_RATE:g})",
+    )
+    knee = parser.add_mutually_exclusive_group()
+    knee.add_argument(
+        "--knee",
+        dest="knee",
+        action="store_const",
+        const="only",
+        default="on",
+        help="only the knee (after the warm-up); every run has it after the other phases",
+    )
+    knee.add_argument(
+        "--no-knee", dest="knee", action="store_const", const="off", help="leave the knee out"
+    )
+    parser.add_argument(
+        "--sampled-out",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a third side: `agentflux serve` with AGENTFLUX_TRACE_SAMPLE_RATIO=0, one at a "
+        "time and in the closed loop (default: on)",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
     # The helper process of the baseline (started by the bench itself).

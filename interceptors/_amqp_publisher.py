@@ -57,17 +57,25 @@ class TaskPublisher:
         raw_priority = getattr(task, "priority", 0)
         priority = self.contracts.amqp_priority(raw_priority)
         ctx = emitted_context(task, idempotency_key)
-        attrs = messaging_attributes(
-            "rabbitmq",
-            queue,
-            "send",
-            ctx.event_id,
-            **{"messaging.rabbitmq.destination.routing_key": queue, "agentflux.priority": priority},
-        )
-        attrs.update(context_attributes(ctx))
+        # The full attributes only for a span that records (see the consume core).
         with self.telemetry.tracer.start_as_current_span(
-            f"publish {queue}", kind=SpanKind.PRODUCER, attributes=attrs
-        ):
+            f"publish {queue}",
+            kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "rabbitmq", "messaging.destination.name": queue},
+        ) as span:
+            if span.is_recording():
+                attrs = messaging_attributes(
+                    "rabbitmq",
+                    queue,
+                    "send",
+                    ctx.event_id,
+                    **{
+                        "messaging.rabbitmq.destination.routing_key": queue,
+                        "agentflux.priority": priority,
+                    },
+                )
+                attrs.update(context_attributes(ctx))
+                span.set_attributes(attrs)
             headers: dict[str, Any] = {}
             inject(
                 AMQP, headers, "amqp", ctx, cloud_event=cloud_event(contract.type_name, self.source)

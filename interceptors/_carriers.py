@@ -87,6 +87,17 @@ def tracestate_ok(value: str) -> bool:
 class KafkaHeaders(Getter[list[tuple[str, bytes]]], Setter[list[tuple[str, bytes]]]):
     """Kafka record headers: a list of (name, bytes) pairs; the last value wins."""
 
+    def flatten(self, carrier: list[tuple[str, bytes]]) -> dict[str, str]:
+        """Every header at once (the last non-empty value of each name): one pass over
+        the list instead of one per key looked up."""
+        return {k: v.decode("utf-8", "replace") for k, v in carrier or () if v}
+
+    def fill(self, carrier: list[tuple[str, bytes]], values: Mapping[str, str]) -> None:
+        """`set` of every pair of `values`, in one pass."""
+        if carrier:
+            carrier[:] = [(k, v) for k, v in carrier if k not in values]
+        carrier.extend((k, v.encode()) for k, v in values.items())
+
     def get(self, carrier: list[tuple[str, bytes]], key: str) -> list[str] | None:
         values = [v.decode("utf-8", "replace") for k, v in carrier or () if k == key and v]
         return values[-1:] or None
@@ -101,6 +112,20 @@ class KafkaHeaders(Getter[list[tuple[str, bytes]]], Setter[list[tuple[str, bytes
 
 class AmqpHeaders(Getter[Mapping[str, Any]], Setter[MutableMapping[str, Any]]):
     """AMQP message headers: a table of str or bytes values."""
+
+    def flatten(self, carrier: Mapping[str, Any]) -> dict[str, str]:
+        """Every header with a usable value (non-empty str, or bytes decoded)."""
+        out: dict[str, str] = {}
+        for k, v in (carrier or {}).items():
+            if isinstance(v, bytes):
+                v = v.decode("utf-8", "replace")
+            if isinstance(v, str) and v:
+                out[k] = v
+        return out
+
+    def fill(self, carrier: MutableMapping[str, Any], values: Mapping[str, str]) -> None:
+        """`set` of every pair of `values`."""
+        carrier.update(values)
 
     def get(self, carrier: Mapping[str, Any], key: str) -> list[str] | None:
         value = (carrier or {}).get(key)
@@ -117,6 +142,16 @@ class AmqpHeaders(Getter[Mapping[str, Any]], Setter[MutableMapping[str, Any]]):
 
 class GrpcMetadata(Getter[Iterable[tuple[str, Any]]], Setter[list[tuple[str, str]]]):
     """gRPC metadata: (key, value) pairs with lower-case keys; binary keys are skipped."""
+
+    def flatten(self, carrier: Iterable[tuple[str, Any]]) -> dict[str, str]:
+        """Every text entry at once (the last non-empty value of each key)."""
+        return {k: v for k, v in carrier or () if v and isinstance(v, str)}
+
+    def fill(self, carrier: list[tuple[str, str]], values: Mapping[str, str]) -> None:
+        """`set` of every pair of `values`, in one pass."""
+        if carrier:
+            carrier[:] = [(k, v) for k, v in carrier if k not in values]
+        carrier.extend(values.items())
 
     def get(self, carrier: Iterable[tuple[str, Any]], key: str) -> list[str] | None:
         values = [v for k, v in carrier or () if k == key and isinstance(v, str) and v]

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, use_span
 
 from interceptors._chain import HandlerLink, Inbound, Incoming, Outcome, Settler
 from interceptors._context import FluxContext, bind, check_id
@@ -92,18 +92,25 @@ class ConsumeCore:
         """Handles and settles one message; raises only `CancelledError` (after handing
         the message back) or when the broker refuses to settle it."""
         got = extract(inbound.getter, inbound.carrier or (), inbound.transport, strict=False)
+        # The sampler sees what names the destination; the rest is built only for a span
+        # that records, so a sampled-out message pays next to nothing for tracing.
+        span = self.telemetry.tracer.start_span(
+            f"process {inbound.destination}",
+            context=got.trace_parent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": self.system,
+                "messaging.destination.name": inbound.destination,
+                "messaging.operation.type": "process",
+            },
+        )
+        if span.is_recording():
+            span.set_attributes(self._attributes(inbound, got))
+            record_rejected(span, got.rejected)
         with (
             serving(self.telemetry),
-            self.telemetry.tracer.start_as_current_span(
-                f"process {inbound.destination}",
-                context=got.trace_parent,
-                kind=SpanKind.CONSUMER,
-                attributes=self._attributes(inbound, got),
-                record_exception=False,
-                set_status_on_exception=False,
-            ) as span,
+            use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False),
         ):
-            record_rejected(span, got.rejected)
             try:
                 outcome = await self._process(inbound, got, link, span)
             except asyncio.CancelledError:
@@ -262,9 +269,6 @@ class ConsumeCore:
 
     def _attributes(self, inbound: Inbound, got: Extracted) -> dict[str, Any]:
         attrs: dict[str, Any] = {
-            "messaging.system": self.system,
-            "messaging.destination.name": inbound.destination,
-            "messaging.operation.type": "process",
             "messaging.operation.name": "process",
             "messaging.message.id": got.context.event_id,
         }

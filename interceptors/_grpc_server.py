@@ -132,6 +132,9 @@ class ServerContextInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, telemetry: Telemetry) -> None:
         self.telemetry = telemetry
+        # The wrapped handler of each method, made once: a server's handlers are fixed
+        # at start, and wrapping builds closures and a method handler on every call.
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
@@ -142,7 +145,12 @@ class ServerContextInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method: str = details.method
-        return wrap_handler(handler, lambda context: self._call(method, context))
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = wrap_handler(handler, lambda context: self._call(method, context))
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     @asynccontextmanager
     async def _call(self, method: str, context: Context) -> AsyncIterator[Span]:
@@ -167,7 +175,6 @@ class ServerContextInterceptor(grpc.aio.ServerInterceptor):
         await context.send_initial_metadata(
             tuple((key, getattr(ctx, field)) for field, key in _ECHO.items())
         )
-        attrs.update(context_attributes(ctx))
         with self.telemetry.tracer.start_as_current_span(
             method.lstrip("/"),
             context=got.trace_parent,
@@ -176,6 +183,8 @@ class ServerContextInterceptor(grpc.aio.ServerInterceptor):
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
+            if span.is_recording():  # built only for a span that records
+                span.set_attributes(context_attributes(ctx))
             try:
                 with bind(ctx), serving(self.telemetry):
                     yield span

@@ -9,25 +9,32 @@ A claim is one `SET key marker NX GET PX lease` (NX with GET needs Redis 7.0): o
 trip either claims the key or returns the record already there, finished or pending.
 No Bloom filter sits in front of it: a filter's "no" would save nothing (the claim is a
 round trip either way) and its "maybe" costs an extra read; `bench/guard.py` measures
-both. A batch claims all its keys in one pipelined round trip (`begin_many`).
+both. A batch claims all its keys in one pipelined round trip (`begin_many`), and with
+`batching` on (the default) so do concurrent callers: claims, outcomes and releases asked
+for while a round trip is in flight go out together in the next one, so a consumer
+handling many records at once pays one round trip per batch, not per record.
 
 Leases are short and renewed while the handler works (`heartbeat`), so a handler that
-crashed frees its key within one lease while a slow live one keeps it. A failed or
+crashed frees its key within one lease while a slow live one keeps it. One ticker per
+guard renews every held key in one pipelined round trip, instead of a task per key. A failed or
 cancelled handler releases its claim (compare-and-delete: a claim that expired and was
 taken by another handler is left alone) and a redelivery is handled again."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+from opentelemetry import context as otel_context
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY as _SUPPRESS
 
 __all__ = ["MAX_KEY_LENGTH", "Claim", "GuardStats", "IdempotencyGuard"]
 
@@ -101,12 +108,94 @@ def _ms(seconds: float, name: str) -> int:
     return max(1, round(seconds * 1000))
 
 
+# Operations the pipeliner sends: (kind, redis key, value).
+_CLAIM, _DONE_OP, _RELEASE_OP, _RENEW_OP = range(4)
+_MAX_BATCH = 512
+_Op = tuple[int, str, bytes, "asyncio.Future[Any]", "contextvars.Context | None"]
+
+
+class _Pipeliner:
+    """Sends the guard's commands in pipelines: commands asked for while a round trip
+    is in flight wait for it and then go out together, so concurrent handlers share
+    round trips and a lone command goes out at once (the next turn of the loop).
+
+    Each batch runs in a task carrying the context of its first command's caller, so a
+    traced Redis round trip appears in the trace of a message it served."""
+
+    def __init__(self, guard: IdempotencyGuard) -> None:
+        self._guard = guard
+        self._queue: list[_Op] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, kind: int, rkey: str, value: bytes) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        # Only a batch's first command lends its context to the round trip.
+        context = None if self._queue else contextvars.copy_context()
+        self._queue.append((kind, rkey, value, future, context))
+        if self._task is None:
+            self._start()
+        return future
+
+    def _start(self) -> None:
+        # A strong reference (the loop keeps only weak ones) until the batch is done.
+        self._task = asyncio.get_running_loop().create_task(
+            self._drain(), name="idempotency guard round trip", context=self._queue[0][4]
+        )
+
+    async def _drain(self) -> None:
+        batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
+        try:
+            results = await self._guard._send(batch)
+        except BaseException as exc:
+            for _, _, _, future, _ in batch:
+                if future.done():
+                    continue
+                if isinstance(exc, asyncio.CancelledError):
+                    future.cancel()
+                else:
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for (kind, rkey, value, future, _), result in zip(batch, results, strict=True):
+                if future.done():
+                    # Its caller gave up (cancelled). A claim made for nobody would hold
+                    # the key for a whole lease: give it back in the next round trip.
+                    if kind == _CLAIM and result is None:
+                        self._queue.append((_RELEASE_OP, rkey, value, _settled(), None))
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        finally:
+            self._task = None
+            if self._queue:  # asked for during this round trip: the next one, now
+                self._start()
+
+
+def _settled() -> asyncio.Future[Any]:
+    """A future nobody waits for (a release on behalf of a caller that left)."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    # Retrieve its outcome whatever it is, so a failed release is not reported as an
+    # exception never retrieved (the lease frees the key anyway).
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return future
+
+
+async def _awaited(result: Any) -> Any:
+    """A client's command is a coroutine; a pipeline's returns the pipeline itself."""
+    return await result if asyncio.iscoroutine(result) else result
+
+
 class IdempotencyGuard:
     """Claims idempotency keys for one consumer (see the module doc).
 
     `redis` must return bytes (`decode_responses=False`, as `connect_redis` makes it).
     `lease_s` is how long a claim outlives a handler that stopped renewing it (crashed):
-    the longest a redelivery waits for a dead handler's key."""
+    the longest a redelivery waits for a dead handler's key. `batching` False sends
+    every claim, outcome and release as a round trip of its own and renews each held
+    key from a task of its own (the behaviour before batching; kept for comparison)."""
 
     def __init__(
         self,
@@ -115,6 +204,7 @@ class IdempotencyGuard:
         namespace: str,
         ttl_s: float = 86400,
         lease_s: float = 10,
+        batching: bool = True,
     ) -> None:
         if not namespace:
             raise ValueError("namespace must not be empty")
@@ -130,6 +220,11 @@ class IdempotencyGuard:
         # entry lives until `complete` or `release`, which every `new` claim must reach.
         self._held: dict[str, bytes] = {}
         self._stats = GuardStats()
+        self.batching = batching
+        self._pipeliner = _Pipeliner(self)
+        # Keys under `heartbeat` (how many blocks hold each) and the one ticker renewing them.
+        self._beating: dict[str, int] = {}
+        self._ticker: asyncio.Task[None] | None = None
 
     @property
     def stats(self) -> GuardStats:
@@ -161,8 +256,38 @@ class IdempotencyGuard:
         record: one `SET NX GET` round trip."""
         rkey = self.redis_key(key)
         marker = _PENDING + uuid.uuid4().bytes
-        old = await self._redis.set(rkey, marker, nx=True, get=True, px=self._lease_ms)
+        if not self.batching:
+            old = await self._redis.set(rkey, marker, nx=True, get=True, px=self._lease_ms)
+            return self._answer(key, marker, cast("bytes | None", old))
+        # A caller cancelled while its claim is on the wire cancels the future; the
+        # pipeliner then gives back a claim that was made (see `_Pipeliner._drain`).
+        old = await self._pipeliner.submit(_CLAIM, rkey, marker)
         return self._answer(key, marker, cast("bytes | None", old))
+
+    async def _send(self, batch: Sequence[_Op]) -> list[Any]:
+        """One round trip for `batch` (a lone claim or outcome as a plain command, since
+        a pipeline of one costs more); errors come back per command, in order."""
+        if len(batch) == 1:
+            kind, rkey, value, _, _ = batch[0]
+            try:
+                return [await self._command(self._redis, kind, rkey, value)]
+            except aioredis.ResponseError as exc:  # as a pipeline reports it
+                return [exc]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for kind, rkey, value, _, _ in batch:
+                await self._command(pipe, kind, rkey, value)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            return results
+
+    async def _command(self, client: Any, kind: int, rkey: str, value: bytes) -> Any:
+        """One operation on `client` (a pipeline queues it; the client sends it)."""
+        if kind == _CLAIM:
+            return await _awaited(client.set(rkey, value, nx=True, get=True, px=self._lease_ms))
+        if kind == _DONE_OP:
+            return await _awaited(client.set(rkey, value, px=self._ttl_ms))
+        if kind == _RELEASE_OP:
+            return await self._release(keys=[rkey], args=[value], client=client)
+        return await self._renew(keys=[rkey], args=[value, self._lease_ms], client=client)
 
     async def begin_many(self, keys: Sequence[str]) -> list[Claim]:
         """`begin` for each key, in one pipelined round trip (a batch of records)."""
@@ -208,7 +333,12 @@ class IdempotencyGuard:
         marker = self._held.get(key)
         if marker is None:
             return False
-        renewed = bool(await self._renew(keys=[self.redis_key(key)], args=[marker, self._lease_ms]))
+        if self.batching:
+            renewed = bool(await self._pipeliner.submit(_RENEW_OP, self.redis_key(key), marker))
+        else:
+            renewed = bool(
+                await self._renew(keys=[self.redis_key(key)], args=[marker, self._lease_ms])
+            )
         if renewed:
             self._stats.renewals += 1
         else:
@@ -219,12 +349,56 @@ class IdempotencyGuard:
     async def heartbeat(self, key: str) -> AsyncIterator[None]:
         """Renews the claim of `key` every third of a lease while the block runs, so
         a live handler keeps its key however long it works."""
-        task = asyncio.create_task(self._beat(key), name=f"lease {key}")
+        if not self.batching:
+            task = asyncio.create_task(self._beat(key), name=f"lease {key}")
+            try:
+                yield
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            return
+        self._beating[key] = self._beating.get(key, 0) + 1
+        if self._ticker is None:
+            # Outside any message's trace: a renewal serves every held key at once.
+            self._ticker = asyncio.get_running_loop().create_task(
+                self._tick(), name="idempotency guard leases", context=contextvars.Context()
+            )
         try:
             yield
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            left = self._beating[key] - 1
+            if left:
+                self._beating[key] = left
+            else:
+                del self._beating[key]
+
+    async def _tick(self) -> None:
+        """Renews every key under `heartbeat` each third of a lease, in one round trip;
+        ends when none is left (the next `heartbeat` starts it again)."""
+        # Renewals are lease upkeep, not work of any message: not traced.
+        otel_context.attach(otel_context.set_value(_SUPPRESS, True, otel_context.Context()))
+        try:
+            while self._beating:
+                await asyncio.sleep(self.lease_s / 3)
+                held = [(k, m) for k in self._beating if (m := self._held.get(k)) is not None]
+                results = await asyncio.gather(
+                    *(self._pipeliner.submit(_RENEW_OP, self.redis_key(k), m) for k, m in held),
+                    return_exceptions=True,
+                )
+                for (k, marker), ok in zip(held, results, strict=True):
+                    if isinstance(ok, BaseException):
+                        # Redis hiccup: the next tick tries again within the lease.
+                        log.warning("could not renew the claim of %s: %s", k, ok)
+                    elif ok:
+                        self._stats.renewals += 1
+                    elif k in self._beating and self._held.get(k) == marker:
+                        # Still held here, yet gone or taken in Redis (finished meanwhile
+                        # is not a loss: `complete` dropped it from `_held`).
+                        self._stats.lost_leases += 1
+                        log.warning("lost the claim of %s: another handler may run it too", k)
+                        del self._beating[k]
+        finally:
+            self._ticker = None
 
     async def _beat(self, key: str) -> None:
         while True:
@@ -243,7 +417,10 @@ class IdempotencyGuard:
         is better replaced by the outcome than left to be handled again."""
         rkey = self.redis_key(key)
         self._held.pop(key, None)
-        await self._redis.set(rkey, _DONE + outcome, px=self._ttl_ms)
+        if self.batching:
+            await self._pipeliner.submit(_DONE_OP, rkey, _DONE + outcome)
+        else:
+            await self._redis.set(rkey, _DONE + outcome, px=self._ttl_ms)
 
     async def release(self, key: str) -> bool:
         """Drops this guard's pending claim of `key` so a redelivery is handled again;
@@ -252,7 +429,10 @@ class IdempotencyGuard:
         marker = self._held.pop(key, None)
         if marker is None:
             return False
-        deleted = await self._release(keys=[rkey], args=[marker])
+        if self.batching:
+            deleted = await self._pipeliner.submit(_RELEASE_OP, rkey, marker)
+        else:
+            deleted = await self._release(keys=[rkey], args=[marker])
         return bool(deleted)
 
     @asynccontextmanager

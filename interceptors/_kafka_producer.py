@@ -46,13 +46,23 @@ class EventProducer:
         topic = self.topic_prefix + contract.topic
         key = contract.key(event)
         ctx = emitted_context(event, idempotency_key)
-        attrs = messaging_attributes(
-            "kafka", topic, "send", ctx.event_id, **{"messaging.kafka.message.key": key.decode()}
-        )
-        attrs.update(context_attributes(ctx))
+        # As in the consume core: the full attributes only for a span that records.
         with self.telemetry.tracer.start_as_current_span(
-            f"publish {topic}", kind=SpanKind.PRODUCER, attributes=attrs
+            f"publish {topic}",
+            kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "kafka", "messaging.destination.name": topic},
         ) as span:
+            recording = span.is_recording()
+            if recording:
+                attrs = messaging_attributes(
+                    "kafka",
+                    topic,
+                    "send",
+                    ctx.event_id,
+                    **{"messaging.kafka.message.key": key.decode("utf-8", "replace")},
+                )
+                attrs.update(context_attributes(ctx))
+                span.set_attributes(attrs)
             headers: list[tuple[str, bytes]] = []
             inject(
                 KAFKA,
@@ -64,6 +74,11 @@ class EventProducer:
             delivered = await self.producer.produce(
                 topic, event.SerializeToString(), key=key, headers=headers
             )
-            span.set_attribute("messaging.destination.partition.id", str(delivered.partition))
-            span.set_attribute("messaging.kafka.offset", delivered.offset)
+            if recording:
+                span.set_attributes(
+                    {
+                        "messaging.destination.partition.id": str(delivered.partition),
+                        "messaging.kafka.offset": delivered.offset,
+                    }
+                )
             return delivered

@@ -64,31 +64,49 @@ class Extracted:
     event_id_given: bool = True
 
 
-def _one(getter: Getter[C], carrier: C, key: str) -> str | None:
-    values = getter.get(carrier, key)
-    return values[0] if values else None
+def flatten(getter: Getter[C], carrier: C) -> dict[str, str]:
+    """Every usable value of `carrier` by key (the last non-empty one of each), read in
+    one pass: the carriers of this package know how; another getter is asked per key."""
+    fast = getattr(getter, "flatten", None)
+    if fast is not None:
+        flat: dict[str, str] = fast(carrier)
+        return flat
+    out = {}
+    for key in getter.keys(carrier):
+        values = getter.get(carrier, key)
+        if values and values[-1]:
+            out[key] = values[-1]
+    return out
+
+
+# The context keys of each transport, and the CloudEvents attributes read as such.
+_FIELDS = {
+    transport: tuple((key.field, getattr(key, transport)) for key in CONTEXT_KEYS)
+    for transport in ("grpc", "kafka", "amqp")
+}
+_ATTRIBUTES = ("ce_type", "ce_source", "ce_time", "ce_specversion", "content-type")
 
 
 def extract(getter: Getter[C], carrier: C, transport: str, *, strict: bool) -> Extracted:
     """Reads the context from `carrier` (transport is "grpc", "kafka" or "amqp").
 
     Missing correlation and event ids are created here: this hop is then the edge."""
+    values = flatten(getter, carrier)
     fields: dict[str, Any] = {}
     rejected: list[ContextValueError] = []
-    for key in CONTEXT_KEYS:
-        name = getattr(key, transport)
-        raw = _one(getter, carrier, name)
-        if raw is None or (transport == "grpc" and key.field == "deadline"):
+    for field_name, name in _FIELDS[transport]:
+        raw = values.get(name)
+        if raw is None or (transport == "grpc" and field_name == "deadline"):
             continue
         try:
-            fields[key.field] = _parse(key.field, name, raw)
+            fields[field_name] = _parse(field_name, name, raw)
         except ContextValueError as exc:
             if strict:
                 raise
             rejected.append(exc)
 
-    trace_carrier = carrier
-    tp = _one(getter, carrier, TRACEPARENT)
+    trace_ok = True
+    tp = values.get(TRACEPARENT)
     if tp is not None and not valid_traceparent(tp):
         bad = ContextValueError(
             TRACEPARENT, "not a W3C traceparent (<version>-<32 hex>-<16 hex>-<2 hex>)"
@@ -96,44 +114,23 @@ def extract(getter: Getter[C], carrier: C, transport: str, *, strict: bool) -> E
         if strict:
             raise bad
         rejected.append(bad)
-        trace_carrier = None  # type: ignore[assignment]  # start a fresh trace instead
-    ts = _one(getter, carrier, TRACESTATE)
+        trace_ok = False  # start a fresh trace instead
+    ts = values.get(TRACESTATE)
     if ts is not None and not tracestate_ok(ts):
         bad = ContextValueError(TRACESTATE, "longer than 512 characters or not printable")
         if strict:
             raise bad
         rejected.append(bad)
-        getter = _Hiding(getter, TRACESTATE)  # keep the trace, drop the bad tracestate
-    parent = (
-        get_global_textmap().extract(trace_carrier, getter=getter)
-        if trace_carrier is not None
-        else otel_context.Context()
-    )
+        del values[TRACESTATE]  # keep the trace, drop the bad tracestate
+    parent = get_global_textmap().extract(values) if trace_ok else otel_context.Context()
 
-    fields.setdefault("correlation_id", new_id())
+    if "correlation_id" not in fields:
+        fields["correlation_id"] = new_id()
     given = "event_id" in fields
     if not given:
         fields["event_id"] = new_id()
-    attributes = {
-        k: v
-        for k in ("ce_type", "ce_source", "ce_time", "ce_specversion", "content-type")
-        if (v := _one(getter, carrier, k))
-    }
+    attributes = {k: v for k in _ATTRIBUTES if (v := values.get(k))}
     return Extracted(FluxContext(**fields), parent, rejected, attributes, given)
-
-
-class _Hiding(Getter[C]):
-    """`inner` without one key, so a rejected value never reaches the propagator."""
-
-    def __init__(self, inner: Getter[C], hidden: str) -> None:
-        self.inner = inner
-        self.hidden = hidden
-
-    def get(self, carrier: C, key: str) -> list[str] | None:
-        return None if key == self.hidden else self.inner.get(carrier, key)
-
-    def keys(self, carrier: C) -> list[str]:
-        return [k for k in self.inner.keys(carrier) if k != self.hidden]
 
 
 def _parse(field_name: str, key: str, raw: str) -> Any:
@@ -160,17 +157,24 @@ def inject(
     """Writes `ctx`, the current trace context and (for messages) CloudEvents attributes.
 
     For gRPC `ctx.event_id` is this call's request id; for messages it is `ce_id`."""
-    for key in CONTEXT_KEYS:
-        value = getattr(ctx, key.field)
-        if key.field == "deadline":
+    out: dict[str, str] = {}
+    for field_name, name in _FIELDS[transport]:
+        value = getattr(ctx, field_name)
+        if field_name == "deadline":
             if transport == "grpc" or value is None:
                 continue  # gRPC sends the remaining time itself (grpc-timeout)
             value = str(int(value * 1000))
         if value:
-            setter.set(carrier, getattr(key, transport), value)
-    for name, value in (cloud_event or {}).items():
-        setter.set(carrier, name, value)
-    get_global_textmap().inject(carrier, setter=setter)
+            out[name] = value
+    if cloud_event:
+        out.update(cloud_event)
+    get_global_textmap().inject(out)
+    fill = getattr(setter, "fill", None)
+    if fill is not None:
+        fill(carrier, out)
+    else:
+        for name, value in out.items():
+            setter.set(carrier, name, value)
 
 
 def cloud_event(type_name: str, source: str, now: float | None = None) -> dict[str, str]:

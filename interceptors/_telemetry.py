@@ -17,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Tracer
 
 from interceptors._spanstore import JsonLinesSpanExporter
@@ -45,17 +46,29 @@ class Telemetry:
         exporters: Sequence[SpanExporter] = (),
         batch_delay_ms: int = 500,
         service_namespace: str = "",
+        sample_ratio: float | None = None,
     ) -> Telemetry:
         """A provider for `service` exporting to the local span store (when a folder
         is given), to an OTLP/gRPC collector (when an endpoint is given) and to any
         extra `exporters`, each through a BatchSpanProcessor: exporting never runs on
-        the request path."""
+        the request path.
+
+        `sample_ratio` (0..1) records that share of new traces and follows the parent's
+        sampled flag otherwise, so every service keeps or drops a trace as a whole; None
+        leaves it to `OTEL_TRACES_SAMPLER` (default: every trace)."""
         attributes = {"service.name": service}
         if service_namespace:
             attributes["service.namespace"] = service_namespace
         # Resource.create also merges OTEL_RESOURCE_ATTRIBUTES, and TracerProvider reads
         # OTEL_TRACES_SAMPLER(_ARG) when no sampler is given: the standard knobs work.
-        provider = TracerProvider(resource=Resource.create(attributes))
+        sampler = None
+        if sample_ratio is not None:
+            if not 0.0 <= sample_ratio <= 1.0:
+                raise ValueError(f"sample_ratio must be within 0..1, got {sample_ratio}")
+            sampler = ParentBased(
+                ALWAYS_ON if sample_ratio >= 1.0 else TraceIdRatioBased(sample_ratio)
+            )
+        provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
         targets: list[SpanExporter] = list(exporters)
         if span_store is not None:
             targets.append(JsonLinesSpanExporter(span_store))
@@ -74,7 +87,11 @@ class Telemetry:
     @classmethod
     def for_service(cls, service: str, settings: Settings, **kw: Any) -> Telemetry:
         """`create` with what the settings say: the span store, the OTLP collector
-        (`AGENTFLUX_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`) and the namespace."""
+        (`AGENTFLUX_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`), the namespace and
+        the sampling ratio (when `AGENTFLUX_TRACE_SAMPLE_RATIO` is not set,
+        `OTEL_TRACES_SAMPLER` still applies)."""
+        if "trace_sample_ratio" in settings.model_fields_set:
+            kw.setdefault("sample_ratio", settings.trace_sample_ratio)
         return cls.create(
             service,
             span_store=settings.span_store_dir,

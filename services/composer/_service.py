@@ -17,6 +17,7 @@ from services.models import (
     ModelProvider,
     ToolOffer,
     provider,
+    uses_history,
 )
 from services.runs import (
     TERMINAL,
@@ -123,13 +124,12 @@ class ComposerService(Service):
         )
         if results is None:
             return b"gathered"
-        run = await self.store.get(tenant, called.run_id)
+        run, reason = await self.store.get_with_cancel(tenant, called.run_id)
         if run is None:
             log.warning("run %s is unknown (expired?); its step is dropped", called.run_id)
             return b"unknown"
         if run.status in TERMINAL:
             return b"ended"
-        reason = await self.store.cancel_reason(tenant, run.run_id)
         if reason is not None:
             await self.ender.cancel(run, step, reason)
             return b"cancelled"
@@ -139,16 +139,24 @@ class ComposerService(Service):
         if failed:
             await self.ender.fail(run, step, _failures(failed))
             return b"failed"
+        # Read at once: one wait, not four (the run's earlier calls only for a model
+        # that uses them).
+        template, memory, earlier, history = await asyncio.gather(
+            self._template(),
+            self.store.memory(tenant, run.conversation_id),
+            self.store.results_before(tenant, run.run_id, step),
+            self.store.planned_calls(tenant, run.run_id, step if uses_history(self.model) else -1),
+        )
         ask = ComposeRequest(
             prompt=run.prompt,
             step=step,
             max_steps=run.limits.max_steps,
             results=results,
-            template=await self._template(),
-            memory=await self.store.memory(tenant, run.conversation_id),
-            earlier_results=await self.store.results_before(tenant, run.run_id, step),
+            template=template,
+            memory=memory,
+            earlier_results=earlier,
             tenant_id=tenant,
-            history=await self.store.planned_calls(tenant, run.run_id, step),
+            history=history,
             tools=[ToolOffer(s.name, s.description, s.schema) for s in self.tools.specs()],
         )
         # Reserved before the model is asked (see the planner); settled once it answered.

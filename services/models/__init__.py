@@ -31,6 +31,7 @@ from services.models._provider import (
     PlannedCall,
     PlanRequest,
     ToolOffer,
+    uses_history,
 )
 from services.models._templates import COMPOSE_PLACEHOLDERS, TEMPLATES
 from services.models.scripted import ScriptedProvider
@@ -56,6 +57,7 @@ __all__ = [
     "ScriptedProvider",
     "ToolOffer",
     "provider",
+    "uses_history",
 ]
 
 

@@ -129,3 +129,10 @@ class ModelProvider(Protocol):
 
     async def aclose(self) -> None:
         """Releases what the provider holds (connections), when its service stops."""
+
+
+def uses_history(model: object) -> bool:
+    """Whether `model` reads a request's `history` and `earlier_results` when planning
+    (a chat model must be shown the whole run). A provider that does not says so with a
+    `uses_history = False` attribute, and its services skip reading them."""
+    return bool(getattr(model, "uses_history", True))

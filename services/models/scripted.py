@@ -93,6 +93,8 @@ class ScriptedProvider:
     every run."""
 
     name: str = "scripted"
+    # Plans from the prompt and the step before alone: the run's earlier calls are not read.
+    uses_history = False
 
     async def plan(self, request: PlanRequest) -> Plan:
         """Calls for clause `request.step` of the prompt, or a direct answer: when the

@@ -27,6 +27,7 @@ from services.models import (
     PlanRequest,
     ToolOffer,
     provider,
+    uses_history,
 )
 from services.runs import RunEnder, RunStore, TokenBudget, estimate_tokens, run_of_event
 from services.runtime.adapters.kafka import KafkaConsumer
@@ -148,7 +149,7 @@ class PlannerService(Service):
         request = incoming.event
         assert isinstance(request, events_pb2.AgentRequested)
         tenant = request.tenant_id or self.mesh.settings.tenant
-        run = await self.store.get(tenant, request.run_id)
+        run, reason = await self.store.get_with_cancel(tenant, request.run_id)
         if run is None and request.step == 0:
             run = await self._start(request, tenant)
         if run is None:
@@ -157,7 +158,6 @@ class PlannerService(Service):
         step = request.step
         if await self.flags.enabled(CAPTURE_CONTENT):
             trace.get_current_span().set_attribute("agentflux.prompt", run.prompt[:4096])
-        reason = await self.store.cancel_reason(tenant, run.run_id)
         if reason is not None:
             await self.ender.cancel(run, step, reason)
             return b"cancelled"
@@ -167,18 +167,26 @@ class PlannerService(Service):
         if step >= limits.max_steps:
             await self.ender.fail(run, step - 1, _over_steps(limits))
             return b"failed"
+        # What the model asked for before, and what came of it before the last step,
+        # so a chat model sees the whole run and not only the step before (a model that
+        # says it does not use them is spared the reads). Read at once: one wait, not four.
+        wants = uses_history(self.model)
+        memory, session, history, earlier = await asyncio.gather(
+            self.store.memory(tenant, run.conversation_id),
+            self.store.session(tenant, run.conversation_id),
+            self.store.planned_calls(tenant, run.run_id, step - 1 if wants else -1),
+            self.store.results_before(tenant, run.run_id, step - 1 if wants else 0),
+        )
         ask = PlanRequest(
             prompt=run.prompt,
             step=step,
             tools=self._offers(),
             previous_results=list(request.previous_results),
-            memory=await self.store.memory(tenant, run.conversation_id),
-            session=await self.store.session(tenant, run.conversation_id),
+            memory=memory,
+            session=session,
             tenant_id=tenant,
-            # What the model asked for before, and what came of it before the last step,
-            # so a chat model sees the whole run and not only the step before.
-            history=await self.store.planned_calls(tenant, run.run_id, step - 1),
-            earlier_results=await self.store.results_before(tenant, run.run_id, step - 1),
+            history=history,
+            earlier_results=earlier,
         )
         # Tokens are reserved before the model is asked, and the run ends when they
         # cannot be: an unattended run never spends past its tenant's or its own budget.

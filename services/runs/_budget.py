@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,8 @@ from agentflux.v1 import types_pb2
 
 from services.runtime.config import Settings
 from services.runtime.keys import Keys
+
+_REMEMBERED = 4096  # reservations whose period key a budget keeps in memory
 
 __all__ = [
     "OUTPUT_ALLOWANCE",
@@ -135,6 +138,10 @@ class TokenBudget:
         self.run_cap = settings.run_max_tokens
         self._reserve = redis.register_script(RESERVE)
         self._settle = redis.register_script(SETTLE)
+        # The period key of each reservation made here and not yet settled, so settling
+        # it needs no read first; a reservation made by another process (a redelivery
+        # after a crash) is looked up in the run's record. Bounded: the oldest go first.
+        self._periods: dict[tuple[str, str], str] = {}
 
     def _period_key(self, tenant: str) -> str:
         return self.keys.budget(tenant, int(time.time() // self.period_s))
@@ -148,11 +155,16 @@ class TokenBudget:
         """Reserves `estimate` tokens for the call `marker` of `run`, or raises
         `BudgetExceededError` (and LookupError for a run that is gone). A marker reserved
         before passes again without a second reservation."""
+        period_key = self._period_key(run.tenant_id)
         got: Any = await self._reserve(
-            keys=[self.keys.run(run.tenant_id, run.run_id), self._period_key(run.tenant_id)],
+            keys=[self.keys.run(run.tenant_id, run.run_id), period_key],
             args=[marker, estimate, self.tenant_limit, self.run_limit(run), self.period_s * 2],
         )
         if int(got[0]):
+            if got[1] in (b"ok", "ok"):  # reserved now ("again": before, maybe elsewhere)
+                if len(self._periods) >= _REMEMBERED:
+                    del self._periods[next(iter(self._periods))]
+                self._periods[(run.run_id, marker)] = period_key
             return
         scope = got[1].decode() if isinstance(got[1], bytes) else str(got[1])
         if scope == "unknown":
@@ -163,7 +175,9 @@ class TokenBudget:
         """Replaces the reservation of `marker` with the actual `usage`; True the first
         time, False for a marker settled before (a redelivery: never charged twice)."""
         run_key = self.keys.run(run.tenant_id, run.run_id)
-        period_key: Any = await self.redis.hget(run_key, f"rsvk:{marker}")
+        period_key: Any = self._periods.pop((run.run_id, marker), None)
+        if period_key is None:
+            period_key = await self.redis.hget(run_key, f"rsvk:{marker}")
         if period_key is None:
             return False
         done = await self._settle(
@@ -172,15 +186,24 @@ class TokenBudget:
         )
         return bool(done)
 
-    async def release(self, run: types_pb2.Run) -> int:
+    async def release(self, run: types_pb2.Run, fields: Mapping[bytes, bytes] | None = None) -> int:
         """Gives back every reservation of `run` never settled (a model call that failed
         and was not retried before the run ended): an ended run holds no tokens of its
-        tenant. Returns how many it released; a second call releases none."""
-        fields: Any = await self.redis.hgetall(self.keys.run(run.tenant_id, run.run_id))
+        tenant. Returns how many it released; a second call releases none. `fields`:
+        the run's record when the caller just read it (as `RunStore.finish` returns it)."""
+        record: Mapping[Any, Any] = (
+            fields
+            if fields is not None
+            else await self.redis.hgetall(self.keys.run(run.tenant_id, run.run_id))
+        )
         released = 0
-        for name, value in (fields or {}).items():
+        for name, value in (record or {}).items():
             field = name.decode() if isinstance(name, bytes) else str(name)
             if field.startswith("rsv:") and value not in (b"settled", "settled"):
+                # Settled without a read: the record names the reservation's period.
+                period = record.get(f"rsvk:{field[4:]}".encode())
+                if period is not None:
+                    self._periods[(run.run_id, field[4:])] = period.decode()
                 released += await self.settle(run, field[4:], types_pb2.Usage())
         return released
 

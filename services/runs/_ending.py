@@ -91,7 +91,7 @@ class RunEnder:
         ended = finished.run
         await self.store.note_turn(ended)
         if self.budget is not None:
-            await self.budget.release(ended)
+            await self.budget.release(ended, finished.fields)
         completed = events_pb2.AgentCompleted(
             run_id=ended.run_id,
             tenant_id=ended.tenant_id,

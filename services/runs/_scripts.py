@@ -113,13 +113,14 @@ return 1
 
 # KEYS: run, events, in-flight. The run's end, at most once. A cancellation requested
 # before it wins over the outcome the caller brings: the caller asked for the work to
-# stop. The run leaves the tenant's runs in flight.
+# stop. The run leaves the tenant's runs in flight. Returns -1 for an unknown run, else
+# {code, the run's fields as they are now}: the caller needs no second read.
 FINISH = (
     _PRELUDE
     + """
 local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
 if not status then return -1 end
-if ended(status) then return 0 end
+if ended(status) then return {0, redis.call('HGETALL', KEYS[1])} end
 local final, err = ARGV[1], ARGV[3]
 local cancel = redis.call('HGET', KEYS[1], 'cancel')
 if cancel then final, err = '5', cancel end
@@ -130,7 +131,7 @@ if tonumber(ARGV[4]) > steps then redis.call('HSET', KEYS[1], 'steps', ARGV[4]) 
 redis.call('ZREM', KEYS[3], ARGV[7])
 append(KEYS[1], KEYS[2], 'k', 'finished')
 redis.call('EXPIRE', KEYS[2], ARGV[6])
-return tonumber(final)
+return {tonumber(final), redis.call('HGETALL', KEYS[1])}
 """
 )
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -84,6 +85,8 @@ class Finished:
 
     status: int
     run: types_pb2.Run
+    # The run's stored fields as the end left them (reservations included).
+    fields: Mapping[bytes, bytes] = field(default_factory=dict)
 
 
 def _now_ms() -> int:
@@ -204,6 +207,17 @@ class RunStore:
         """The run as it is now, or None when there is no such run for `tenant`."""
         fields = cast("dict[bytes, bytes]", await self.redis.hgetall(self.keys.run(tenant, run_id)))
         return _assemble(fields) if fields else None
+
+    async def get_with_cancel(
+        self, tenant: str, run_id: str
+    ) -> tuple[types_pb2.Run | None, str | None]:
+        """`get` and `cancel_reason` in one read: the run (None when unknown) and why
+        its cancellation was requested (None when it was not)."""
+        fields = cast("dict[bytes, bytes]", await self.redis.hgetall(self.keys.run(tenant, run_id)))
+        if not fields:
+            return None, None
+        reason = fields.get(b"cancel")
+        return _assemble(fields), None if reason is None else reason.decode()
 
     async def list_runs(
         self, tenant: str, *, page_size: int, after: tuple[int, str] | None, status: int = 0
@@ -353,10 +367,10 @@ class RunStore:
         )
         if ended == -1:
             return None
-        run = await self.get(tenant, run_id)
-        if run is None:
-            return None
-        return Finished(run.status, run)
+        flat = cast("list[bytes]", ended[1])
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        run = _assemble(fields)
+        return Finished(run.status, run, fields)
 
     # -- the event stream ----------------------------------------------------------------
 

@@ -447,6 +447,14 @@ class Settings(BaseSettings):
         description="OTLP/gRPC collector (host:port or URL) to export spans to; "
         "`OTEL_EXPORTER_OTLP_ENDPOINT` when unset; empty exports none.",
     )
+    trace_sample_ratio: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of new traces recorded (0..1), parent-based: a call or message "
+        "that arrives with trace context follows its sampled flag, so a trace is whole "
+        "or absent; a sampled-out run creates no spans anywhere.",
+    )
     service_namespace: str = Field(
         "",
         validation_alias=AliasChoices("AGENTFLUX_SERVICE_NAMESPACE", "OTEL_SERVICE_NAME"),

@@ -155,11 +155,12 @@ class WorkerService(Service):
         """The result of a call that must not run (its run cancelled, or a call that
         needs approval and has none), or None when it may run."""
         call = task.call
-        if await self.store.cancel_reason(tenant, task.run_id) is not None:
-            return await self._cancelled(task, tenant)
         spec = self.tools.get(call.name).spec if call.name in self.tools.names() else None
         if not needs_approval(self.mesh.settings, spec, call.name):
+            # A cancel is caught by `begin_call`, atomically: no read of its own here.
             return None
+        if await self.store.cancel_reason(tenant, task.run_id) is not None:
+            return await self._cancelled(task, tenant)
         state = await self.store.approval_state(tenant, task.run_id, call.tool_call_id)
         if state == "pending":  # the approval queue's timer fired before any decision
             state = await self.store.expire_approval(tenant, task.run_id, call.tool_call_id)

@@ -7,6 +7,7 @@ deadlines for a loaded 2-core machine) rather than on fixed sleeps wherever they
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -535,3 +536,109 @@ async def test_requeued_amqp_message_is_handled_once(
         for exchange in (topo.exchange, topo.retry_exchange, topo.dead_letter_exchange):
             await conn.channel.exchange_delete(exchange)
         await conn.close()
+
+
+class CountingGuard(IdempotencyGuard):
+    """A guard that counts its round trips (batches sent) and their sizes."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.sent: list[int] = []
+
+    async def _send(self, batch: Any) -> list[Any]:
+        self.sent.append(len(batch))
+        return await super()._send(batch)
+
+
+async def test_concurrent_claims_and_outcomes_share_round_trips(
+    client: aioredis.Redis, prefix: str
+) -> None:
+    guard = CountingGuard(client, namespace=f"{prefix}svc")
+    other = make_guard(client, prefix)
+    keys = [f"job-{i}" for i in range(300)]
+
+    claims = await asyncio.gather(*(guard.begin(k) for k in keys))
+    assert all(c.new for c in claims)
+    # 300 callers in one turn of the loop: one pipelined round trip, not 300.
+    assert sum(guard.sent) == 300, guard.sent
+    assert len(guard.sent) <= 2, guard.sent
+    seen = await asyncio.gather(*(other.begin(k) for k in keys))
+    assert all(c.pending and not c.new for c in seen)
+
+    guard.sent.clear()
+    await asyncio.gather(*(guard.complete(k, k.encode()) for k in keys))
+    assert sum(guard.sent) == 300, guard.sent
+    assert len(guard.sent) <= 2, guard.sent
+    done = await asyncio.gather(*(other.begin(k) for k in keys))
+    assert [c.outcome for c in done] == [k.encode() for k in keys]
+    assert guard.stats.new == 300
+
+
+async def test_a_lone_call_is_not_held_back_for_a_batch(
+    client: aioredis.Redis, prefix: str
+) -> None:
+    guard = CountingGuard(client, namespace=f"{prefix}svc")
+    for i in range(5):
+        assert (await guard.begin(f"solo-{i}")).new
+        await guard.complete(f"solo-{i}")
+    assert guard.sent == [1] * 10  # each went out on its own, at once
+
+
+async def test_one_bad_command_in_a_batch_fails_only_its_caller(
+    client: aioredis.Redis, prefix: str
+) -> None:
+    guard = make_guard(client, prefix)
+    await client.rpush(guard.redis_key("a-list"), b"x")  # SET ... GET on a list: WRONGTYPE
+    results = await asyncio.gather(
+        guard.begin("fine-1"), guard.begin("a-list"), guard.begin("fine-2"), return_exceptions=True
+    )
+    assert isinstance(results[1], aioredis.ResponseError)
+    assert "WRONGTYPE" in str(results[1])
+    assert [r.new for r in (results[0], results[2])] == [True, True]  # type: ignore[union-attr]
+
+
+async def test_a_claim_cancelled_on_the_wire_is_given_back(
+    client: aioredis.Redis, prefix: str
+) -> None:
+    guard = CountingGuard(client, namespace=f"{prefix}svc")
+    other = make_guard(client, prefix)
+    # Cancelled after its claim was queued but before the answer came back: the claim
+    # is made in Redis, and nobody would know of it for a whole lease.
+    task = asyncio.create_task(guard.begin("job-c"))
+    await asyncio.sleep(0)  # the claim is queued now
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    async def released() -> bool:  # the claim's round trip, then the release's
+        return len(guard.sent) >= 2
+
+    await eventually(released, "the abandoned claim was released")
+    assert await stored(client, guard, "job-c") is None
+    assert (await other.begin("job-c")).new
+
+
+async def test_one_ticker_renews_every_held_key(client: aioredis.Redis, prefix: str) -> None:
+    lease = 0.3
+    guard = CountingGuard(client, namespace=f"{prefix}svc", lease_s=lease)
+    other = make_guard(client, prefix)
+    keys = [f"job-{i}" for i in range(20)]
+    assert all(c.new for c in await asyncio.gather(*(guard.begin(k) for k in keys)))
+    async with contextlib.AsyncExitStack() as stack:
+        for k in keys:
+            await stack.enter_async_context(guard.heartbeat(k))
+        guard.sent.clear()
+        began = time.monotonic()
+
+        async def renewed() -> bool:
+            return guard.stats.renewals >= 5 * len(keys)  # five rounds: past several leases
+
+        await eventually(renewed, "every key renewed five times")
+        assert time.monotonic() - began > lease  # outlived its lease
+        seen = await asyncio.gather(*(other.begin(k) for k in keys))
+        assert all(c.pending for c in seen), "a held key's claim expired"
+        # Each round renews all 20 keys in one round trip.
+        assert max(guard.sent) == len(keys)
+        assert len(guard.sent) <= guard.stats.renewals // 10
+    assert guard.stats.lost_leases == 0
+    await asyncio.gather(*(guard.complete(k) for k in keys))
