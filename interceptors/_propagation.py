@@ -207,7 +207,10 @@ def emitted_context(event: Any, idempotency_key: str = "") -> FluxContext:
         return FluxContext.new(
             event_id=event_id, idempotency_key=idempotency_key, tenant_id=tenant, run_id=run
         )
-    return parent.child(event_id).with_(
+    # One copy, not two (`child` then `with_`): this runs for every message emitted.
+    return parent.with_(
+        causation_id=parent.event_id,
+        event_id=event_id,
         idempotency_key=idempotency_key or "",
         tenant_id=parent.tenant_id or tenant,
         run_id=parent.run_id or run,

@@ -229,7 +229,10 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
         run_id = req.required_id("run_id", request.run_id)
         after = req.checked_after(request.after_event_id, request.after_sequence)
         with _store_reachable():
-            if not await self.streams.events_exist(tenant, run_id):
+            # From the start (the usual call), the first read tells by itself that the
+            # events are kept: only when it finds none is their existence asked.
+            first = None if after else await self.streams.read_events(tenant, run_id, "")
+            if not first and not await self.streams.events_exist(tenant, run_id):
                 run = await self.streams.get(tenant, run_id)
                 if run is None:
                     raise self._no_events(None, run_id)
@@ -246,12 +249,16 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
             context.add_done_callback(lambda _: loop.call_soon_threadsafe(gone.set))
             while True:
                 try:
-                    got = await _unless(
-                        gone,
-                        self.streams.read_events(
-                            tenant, run_id, after, block_ms=block, trusted=trusted
-                        ),
-                    )
+                    got: list[gateway_pb2.StreamRunResponse] | None
+                    if first:
+                        got, first = first, None  # read above
+                    else:
+                        got = await _unless(
+                            gone,
+                            self.streams.read_events(
+                                tenant, run_id, after, block_ms=block, trusted=trusted
+                            ),
+                        )
                 except StreamGapError:
                     raise OutOfRange(
                         f"after_event_id {after} is not an event of run {run_id}",
