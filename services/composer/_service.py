@@ -124,7 +124,9 @@ class ComposerService(Service):
         )
         if results is None:
             return b"gathered"
-        run, reason = await self.store.get_with_cancel(tenant, called.run_id)
+        # The run and its conversation's memory, in one round trip.
+        seen = await self.store.snapshot(tenant, called.run_id, called.conversation_id)
+        run, reason = seen.run, seen.cancel_reason
         if run is None:
             log.warning("run %s is unknown (expired?); its step is dropped", called.run_id)
             return b"unknown"
@@ -139,11 +141,11 @@ class ComposerService(Service):
         if failed:
             await self.ender.fail(run, step, _failures(failed))
             return b"failed"
-        # Read at once: one wait, not four (the run's earlier calls only for a model
-        # that uses them).
-        template, memory, earlier, history = await asyncio.gather(
+        # The rest read at once: one wait, not three (the run's earlier calls only for a
+        # model that uses them).
+        memory = seen.memory
+        template, earlier, history = await asyncio.gather(
             self._template(),
-            self.store.memory(tenant, run.conversation_id),
             self.store.results_before(tenant, run.run_id, step),
             self.store.planned_calls(tenant, run.run_id, step if uses_history(self.model) else -1),
         )

@@ -149,9 +149,18 @@ class PlannerService(Service):
         request = incoming.event
         assert isinstance(request, events_pb2.AgentRequested)
         tenant = request.tenant_id or self.mesh.settings.tenant
-        run, reason = await self.store.get_with_cancel(tenant, request.run_id)
+        # The run and what the model is shown of its conversation, in one round trip.
+        seen = await self.store.snapshot(
+            tenant, request.run_id, request.conversation_id, session=True
+        )
+        run, reason, memory, session = seen.run, seen.cancel_reason, seen.memory, seen.session
         if run is None and request.step == 0:
             run = await self._start(request, tenant)
+            if run is not None:  # new here: its conversation is read now
+                memory, session = await asyncio.gather(
+                    self.store.memory(tenant, run.conversation_id),
+                    self.store.session(tenant, run.conversation_id),
+                )
         if run is None:
             log.warning("run %s of tenant %s is unknown; not planned", request.run_id, tenant)
             return b"unknown"
@@ -169,14 +178,14 @@ class PlannerService(Service):
             return b"failed"
         # What the model asked for before, and what came of it before the last step,
         # so a chat model sees the whole run and not only the step before (a model that
-        # says it does not use them is spared the reads). Read at once: one wait, not four.
-        wants = uses_history(self.model)
-        memory, session, history, earlier = await asyncio.gather(
-            self.store.memory(tenant, run.conversation_id),
-            self.store.session(tenant, run.conversation_id),
-            self.store.planned_calls(tenant, run.run_id, step - 1 if wants else -1),
-            self.store.results_before(tenant, run.run_id, step - 1 if wants else 0),
-        )
+        # says it does not use them is spared the reads).
+        history: list[types_pb2.ToolCall] = []
+        earlier: list[types_pb2.ToolResult] = []
+        if uses_history(self.model):
+            history, earlier = await asyncio.gather(
+                self.store.planned_calls(tenant, run.run_id, step - 1),
+                self.store.results_before(tenant, run.run_id, step - 1),
+            )
         ask = PlanRequest(
             prompt=run.prompt,
             step=step,

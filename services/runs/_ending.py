@@ -82,14 +82,20 @@ class RunEnder:
         answer: types_pb2.Answer | None = None,
         error: str = "",
     ) -> Finished | None:
+        # The run's end and its turn in its conversation's session: one round trip.
         finished = await self.store.finish(
-            run.tenant_id, run.run_id, status, answer=answer, error=error, steps=step + 1
+            run.tenant_id,
+            run.run_id,
+            status,
+            answer=answer,
+            error=error,
+            steps=step + 1,
+            conversation_id=run.conversation_id,
         )
         if finished is None:
             log.warning("run %s is unknown (expired?); nothing to end", run.run_id)
             return None
         ended = finished.run
-        await self.store.note_turn(ended)
         if self.budget is not None:
             await self.budget.release(ended, finished.fields)
         completed = events_pb2.AgentCompleted(

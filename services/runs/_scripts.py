@@ -111,7 +111,7 @@ return 1
 """
 )
 
-# KEYS: run, events, in-flight. The run's end, at most once. A cancellation requested
+# KEYS: run, events, in-flight[, session]. The run's end, at most once. A cancellation requested
 # before it wins over the outcome the caller brings: the caller asked for the work to
 # stop. The run leaves the tenant's runs in flight. Returns -1 for an unknown run, else
 # {code, the run's fields as they are now}: the caller needs no second read.
@@ -120,7 +120,18 @@ FINISH = (
     + """
 local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
 if not status then return -1 end
-if ended(status) then return {0, redis.call('HGETALL', KEYS[1])} end
+-- The run's turn in its conversation's session (KEYS[4], when given), counted once
+-- whoever ends the run: as TURN does, in the same round trip.
+local function turn(final)
+  if #KEYS < 4 or redis.call('HSETNX', KEYS[1], 'once:turn', 1) == 0 then return end
+  redis.call('HINCRBY', KEYS[4], 'turns', 1)
+  redis.call('HSET', KEYS[4], 'last_run', ARGV[7], 'last_status', final)
+  redis.call('EXPIRE', KEYS[4], ARGV[8])
+end
+if ended(status) then
+  turn(status)
+  return {0, redis.call('HGETALL', KEYS[1])}
+end
 local final, err = ARGV[1], ARGV[3]
 local cancel = redis.call('HGET', KEYS[1], 'cancel')
 if cancel then final, err = '5', cancel end
@@ -131,6 +142,7 @@ if tonumber(ARGV[4]) > steps then redis.call('HSET', KEYS[1], 'steps', ARGV[4]) 
 redis.call('ZREM', KEYS[3], ARGV[7])
 append(KEYS[1], KEYS[2], 'k', 'finished')
 redis.call('EXPIRE', KEYS[2], ARGV[6])
+turn(final)
 return {tonumber(final), redis.call('HGETALL', KEYS[1])}
 """
 )

@@ -34,6 +34,7 @@ __all__ = [
     "TERMINAL",
     "Finished",
     "RequestReusedError",
+    "RunSnapshot",
     "RunStore",
     "StreamGapError",
     "TooManyRunsError",
@@ -80,6 +81,17 @@ class StreamGapError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class RunSnapshot:
+    """What `RunStore.snapshot` read: the run (None when unknown), its cancellation
+    reason (None when none was asked for), its conversation's memory and session."""
+
+    run: types_pb2.Run | None
+    cancel_reason: str | None
+    memory: list[str]
+    session: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     """How a run ended, as stored."""
 
@@ -87,6 +99,9 @@ class Finished:
     run: types_pb2.Run
     # The run's stored fields as the end left them (reservations included).
     fields: Mapping[bytes, bytes] = field(default_factory=dict)
+
+
+_MEMORY = 10  # memory entries a handler reads, newest first
 
 
 def _now_ms() -> int:
@@ -208,16 +223,31 @@ class RunStore:
         fields = cast("dict[bytes, bytes]", await self.redis.hgetall(self.keys.run(tenant, run_id)))
         return _assemble(fields) if fields else None
 
-    async def get_with_cancel(
-        self, tenant: str, run_id: str
-    ) -> tuple[types_pb2.Run | None, str | None]:
-        """`get` and `cancel_reason` in one read: the run (None when unknown) and why
-        its cancellation was requested (None when it was not)."""
-        fields = cast("dict[bytes, bytes]", await self.redis.hgetall(self.keys.run(tenant, run_id)))
+    async def snapshot(
+        self, tenant: str, run_id: str, conversation_id: str, *, session: bool = False
+    ) -> RunSnapshot:
+        """The run, why its cancellation was requested, and its conversation's memory
+        (and session state) in one round trip: what a handler reads before it decides.
+        `conversation_id` is the one the message names; when the run says otherwise, the
+        run's conversation is read again (the run is the authority)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.run(tenant, run_id))
+            pipe.lrange(self.keys.memory(tenant, conversation_id), 0, _MEMORY - 1)
+            if session:
+                pipe.hgetall(self.keys.session(tenant, conversation_id))
+            got: list[Any] = await pipe.execute()
+        fields = cast("dict[bytes, bytes]", got[0])
         if not fields:
-            return None, None
+            return RunSnapshot(None, None, [], {})
+        run = _assemble(fields)
         reason = fields.get(b"cancel")
-        return _assemble(fields), None if reason is None else reason.decode()
+        if run.conversation_id != conversation_id:
+            memory = await self.memory(tenant, run.conversation_id)
+            state = await self.session(tenant, run.conversation_id) if session else {}
+        else:
+            memory = [cast("bytes", v).decode() for v in got[1]]
+            state = {k.decode(): v.decode() for k, v in got[2].items()} if session else {}
+        return RunSnapshot(run, None if reason is None else reason.decode(), memory, state)
 
     async def list_runs(
         self, tenant: str, *, page_size: int, after: tuple[int, str] | None, status: int = 0
@@ -320,7 +350,7 @@ class RunStore:
         )
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    async def memory(self, tenant: str, conversation_id: str, limit: int = 10) -> list[str]:
+    async def memory(self, tenant: str, conversation_id: str, limit: int = _MEMORY) -> list[str]:
         """A conversation's short-lived memory (what the memory tool stored), newest first."""
         raw = await self.redis.lrange(self.keys.memory(tenant, conversation_id), 0, limit - 1)
         return [cast("bytes", v).decode() for v in raw]
@@ -345,16 +375,21 @@ class RunStore:
         answer: types_pb2.Answer | None = None,
         error: str = "",
         steps: int = 0,
+        conversation_id: str | None = None,
     ) -> Finished | None:
         """Ends the run (at most once; a requested cancellation wins) and appends its
         `finished` event. Returns how the run ended, whoever ended it; None when the
-        run is unknown (expired)."""
+        run is unknown (expired). With `conversation_id`, the run also counts once as a
+        turn of that conversation's session (`note_turn`), in the same round trip."""
+        keys = [
+            self.keys.run(tenant, run_id),
+            self.keys.events(tenant, run_id),
+            self.keys.in_flight(tenant),
+        ]
+        if conversation_id is not None:
+            keys.append(self.keys.session(tenant, conversation_id))
         ended = await self._finish(
-            keys=[
-                self.keys.run(tenant, run_id),
-                self.keys.events(tenant, run_id),
-                self.keys.in_flight(tenant),
-            ],
+            keys=keys,
             args=[
                 status,
                 (answer or types_pb2.Answer()).SerializeToString(),
@@ -363,6 +398,7 @@ class RunStore:
                 _now_ms(),
                 self.stream_ttl_s,
                 run_id,
+                self.run_ttl_s,
             ],
         )
         if ended == -1:

@@ -487,6 +487,54 @@ async def test_a_run_counts_once_as_a_turn_of_its_session(store: RunStore) -> No
     assert not await store.redis.exists(store.keys.run(TENANT, "no-such-run"))
 
 
+async def test_finishing_with_the_conversation_counts_the_turn_once(store: RunStore) -> None:
+    run = await created(store, conversation_id="conv-f")
+    ends = await asyncio.gather(
+        *(
+            store.finish(TENANT, run.run_id, COMPLETED, conversation_id="conv-f")
+            for _ in range(MANY)
+        )
+    )
+    assert all(end is not None and end.status == COMPLETED for end in ends)
+    session = await store.session(TENANT, "conv-f")
+    assert session == {"turns": "1", "last_run": run.run_id, "last_status": str(COMPLETED)}
+    # `note_turn` afterwards (the two ways of counting agree): still one turn.
+    await store.note_turn(ends[0].run)  # type: ignore[union-attr]
+    assert (await store.session(TENANT, "conv-f"))["turns"] == "1"
+    # An ended run's fields come back with its end: no read after it.
+    assert ends[0] is not None
+    assert ends[0].fields[b"status"] == str(COMPLETED).encode()
+    # Without the conversation, no turn is counted (the gateway's own failures).
+    other = await created(store, conversation_id="conv-g")
+    await store.finish(TENANT, other.run_id, FAILED, error="kafka refused it")
+    assert await store.session(TENANT, "conv-g") == {}
+
+
+async def test_a_snapshot_reads_run_cancel_memory_and_session_at_once(store: RunStore) -> None:
+    run = await created(store, conversation_id="conv-s")
+    await store.redis.lpush(store.keys.memory(TENANT, "conv-s"), b"older", b"newest")
+    await store.redis.hset(store.keys.session(TENANT, "conv-s"), mapping={"turns": "3"})
+    seen = await store.snapshot(TENANT, run.run_id, "conv-s", session=True)
+    assert seen.run is not None
+    assert seen.run.run_id == run.run_id
+    assert (seen.cancel_reason, seen.memory, seen.session) == (
+        None,
+        ["newest", "older"],
+        {"turns": "3"},
+    )
+    assert (await store.snapshot(TENANT, run.run_id, "conv-s")).session == {}  # not asked for
+
+    await store.request_cancel(TENANT, run.run_id, "user asked")
+    assert (await store.snapshot(TENANT, run.run_id, "conv-s")).cancel_reason == "user asked"
+
+    # A message naming another conversation than its run's: the run's is read.
+    other = await store.snapshot(TENANT, run.run_id, "conv-other", session=True)
+    assert (other.memory, other.session) == (["newest", "older"], {"turns": "3"})
+
+    unknown = await store.snapshot(TENANT, "no-such-run", "conv-s", session=True)
+    assert (unknown.run, unknown.cancel_reason, unknown.memory) == (None, None, [])
+
+
 # -- read_events -----------------------------------------------------------------------
 
 
