@@ -73,10 +73,13 @@ return {'new', ''}
 """
 )
 
-# Nothing is appended to a run that ended: `finished` stays the last event.
+# Nothing is appended to a run that ended: `finished` stays the last event. KEYS[3],
+# when given, is set to ARGV[3] for ARGV[4] seconds first, whatever the append does (a
+# record the caller keeps beside the event, written in the same round trip).
 APPEND_ONCE = (
     _PRELUDE
     + """
+if #KEYS >= 3 then redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4]) end
 local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
 if not status or ended(status) then return false end
 if redis.call('HSETNX', KEYS[1], 'once:' .. ARGV[1], 1) == 0 then return false end
@@ -111,9 +114,9 @@ return 1
 """
 )
 
-# KEYS: run, events, in-flight[, session]. The run's end, at most once. A cancellation requested
-# before it wins over the outcome the caller brings: the caller asked for the work to
-# stop. The run leaves the tenant's runs in flight. Returns -1 for an unknown run, else
+# KEYS: run, events, in-flight[, session]. The run's end, at most once. A cancellation
+# requested before it wins over the outcome the caller brings: the caller asked for the
+# work to stop. The run leaves the tenant's runs in flight. Returns -1 for an unknown run, else
 # {code, the run's fields as they are now}: the caller needs no second read.
 FINISH = (
     _PRELUDE
@@ -197,6 +200,11 @@ if not status or ended(status) or redis.call('HEXISTS', KEYS[1], 'cancel') == 1 
   return 0
 end
 redis.call('HSET', KEYS[1], 'active:' .. ARGV[1], ARGV[2])
+-- KEYS[2], when given: the events, to which the call's `started` event (ARGV[4]) is
+-- appended once per marker (ARGV[3]) in the same step, as APPEND_ONCE would.
+if #KEYS >= 2 and redis.call('HSETNX', KEYS[1], 'once:' .. ARGV[3], 1) == 1 then
+  append(KEYS[1], KEYS[2], 'e', ARGV[4])
+end
 return 1
 """
 )

@@ -411,14 +411,23 @@ class RunStore:
     # -- the event stream ----------------------------------------------------------------
 
     async def append_once(
-        self, tenant: str, run_id: str, marker: str, event: gateway_pb2.StreamRunResponse
+        self,
+        tenant: str,
+        run_id: str,
+        marker: str,
+        event: gateway_pb2.StreamRunResponse,
+        *,
+        record: tuple[str, bytes, int] | None = None,
     ) -> str | None:
         """Appends `event` unless an event with `marker` was appended already or the run
-        ended; returns its event id, or None when nothing was appended."""
-        got = await self._append(
-            keys=[self.keys.run(tenant, run_id), self.keys.events(tenant, run_id)],
-            args=[marker, event.SerializeToString()],
-        )
+        ended; returns its event id, or None when nothing was appended. `record`:
+        (key, value, seconds) set first in any case, in the same round trip."""
+        keys = [self.keys.run(tenant, run_id), self.keys.events(tenant, run_id)]
+        args: list[str | int | bytes] = [marker, event.SerializeToString()]
+        if record is not None:
+            keys.append(record[0])
+            args += [record[1], record[2]]
+        got = await self._append(keys=keys, args=args)
         return None if got is None else cast("bytes", got).decode()
 
     async def read_events(
@@ -503,12 +512,23 @@ class RunStore:
 
     # -- tool calls, cancellation and approval ---------------------------------------
 
-    async def begin_call(self, tenant: str, run_id: str, tool_call_id: str) -> bool:
+    async def begin_call(
+        self,
+        tenant: str,
+        run_id: str,
+        tool_call_id: str,
+        started: tuple[str, gateway_pb2.StreamRunResponse] | None = None,
+    ) -> bool:
         """Records that a tool call begins, unless its run is cancelled or ended: one
-        atomic step, so once `request_cancel` returned no call of the run can begin."""
-        began = await self._begin_call(
-            keys=[self.keys.run(tenant, run_id)], args=[tool_call_id, _now_ms()]
-        )
+        atomic step, so once `request_cancel` returned no call of the run can begin.
+        `started`: (marker, event) appended once per marker when the call begins, in
+        the same step (`append_once` without a round trip of its own)."""
+        keys = [self.keys.run(tenant, run_id)]
+        args: list[str | int | bytes] = [tool_call_id, _now_ms()]
+        if started is not None:
+            keys.append(self.keys.events(tenant, run_id))
+            args += [started[0], started[1].SerializeToString()]
+        began = await self._begin_call(keys=keys, args=args)
         return bool(began)
 
     async def active_calls(self, tenant: str, run_id: str) -> dict[str, int]:

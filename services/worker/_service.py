@@ -144,7 +144,13 @@ class WorkerService(Service):
             return await self._settle(task, tenant, record, refused)
         # The one check a cancel cannot slip past: the call begins only if its run is not
         # cancelled, in the same atomic step that records it as begun.
-        if not await self.store.begin_call(tenant, task.run_id, call.tool_call_id):
+        started = gateway_pb2.StreamRunResponse(
+            tool_started=gateway_pb2.ToolStarted(call=call, attempt=incoming.attempt)
+        )
+        marker = f"started:{call.tool_call_id}:{incoming.attempt}"
+        if not await self.store.begin_call(
+            tenant, task.run_id, call.tool_call_id, started=(marker, started)
+        ):
             return await self._settle(task, tenant, record, await self._cancelled(task, tenant))
         try:
             return await self._begun(task, tenant, record, incoming.attempt)
@@ -193,15 +199,7 @@ class WorkerService(Service):
     async def _begun(
         self, task: tasks_pb2.ToolTask, tenant: str, record: str, attempt: int
     ) -> bytes:
-        call = task.call
-        await self.store.append_once(
-            tenant,
-            task.run_id,
-            f"started:{call.tool_call_id}:{attempt}",
-            gateway_pb2.StreamRunResponse(
-                tool_started=gateway_pb2.ToolStarted(call=call, attempt=attempt)
-            ),
-        )
+        call = task.call  # its `started` event was appended as it began (begin_call)
         began = time.monotonic()
         result = types_pb2.ToolResult(
             tool_call_id=call.tool_call_id, name=call.name, attempts=attempt
@@ -382,12 +380,13 @@ class WorkerService(Service):
     ) -> bytes:
         data = result.SerializeToString()
         # Recorded before the emit: a crash after this re-emits the result, never re-runs.
-        await self.mesh.redis.set(record, data, ex=self.mesh.settings.run_retention_s)
+        # The record and the `finished` event go in one round trip.
         await self.store.append_once(
             tenant,
             task.run_id,
             f"finished:{result.tool_call_id}",
             gateway_pb2.StreamRunResponse(tool_finished=gateway_pb2.ToolFinished(result=result)),
+            record=(record, data, self.mesh.settings.run_retention_s),
         )
         await self._emit(task, result)
         return data

@@ -487,6 +487,40 @@ async def test_a_run_counts_once_as_a_turn_of_its_session(store: RunStore) -> No
     assert not await store.redis.exists(store.keys.run(TENANT, "no-such-run"))
 
 
+async def test_a_call_begins_with_its_started_event_once(store: RunStore) -> None:
+    run = await created(store)
+    started = Event(tool_started=gateway_pb2.ToolStarted(attempt=1))
+    began = await asyncio.gather(
+        *(
+            store.begin_call(TENANT, run.run_id, "c1", started=("started:c1:1", started))
+            for _ in range(MANY)
+        )
+    )
+    assert all(began)  # beginning again is not refused (a redelivery runs the call)
+    kinds = [e.WhichOneof("event") for e in await store.read_events(TENANT, run.run_id, "")]
+    assert kinds.count("tool_started") == 1  # the event, once per marker
+    await store.request_cancel(TENANT, run.run_id, "stop")
+    assert not await store.begin_call(TENANT, run.run_id, "c2", started=("started:c2:1", started))
+    kinds = [e.WhichOneof("event") for e in await store.read_events(TENANT, run.run_id, "")]
+    assert kinds.count("tool_started") == 1  # a call that may not begin announces nothing
+
+
+async def test_a_record_is_kept_beside_an_event_even_after_the_run_ended(store: RunStore) -> None:
+    run = await created(store)
+    key = store.keys.result(TENANT, run.run_id, "c1")
+    assert await store.append_once(
+        TENANT, run.run_id, "finished:c1", delta("a"), record=(key, b"result-1", 60)
+    )
+    assert await store.redis.get(key) == b"result-1"
+    assert 0 < await store.redis.ttl(key) <= 60
+    await store.finish(TENANT, run.run_id, COMPLETED)
+    # Nothing is appended to an ended run, but the record is still written.
+    assert not await store.append_once(
+        TENANT, run.run_id, "finished:c2", delta("b"), record=(key, b"result-2", 60)
+    )
+    assert await store.redis.get(key) == b"result-2"
+
+
 async def test_finishing_with_the_conversation_counts_the_turn_once(store: RunStore) -> None:
     run = await created(store, conversation_id="conv-f")
     ends = await asyncio.gather(
