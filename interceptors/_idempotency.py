@@ -16,9 +16,9 @@ handling many records at once pays one round trip per batch, not per record.
 
 Leases are short and renewed while the handler works (`heartbeat`), so a handler that
 crashed frees its key within one lease while a slow live one keeps it. One ticker per
-guard renews every held key in one pipelined round trip, instead of a task per key. A failed or
-cancelled handler releases its claim (compare-and-delete: a claim that expired and was
-taken by another handler is left alone) and a redelivery is handled again."""
+guard renews every held key in one pipelined round trip, instead of a task per key. A
+failed or cancelled handler releases its claim (compare-and-delete: a claim that expired
+and was taken by another handler is left alone) and a redelivery is handled again."""
 
 from __future__ import annotations
 
@@ -366,11 +366,12 @@ class IdempotencyGuard:
         try:
             yield
         finally:
-            left = self._beating[key] - 1
-            if left:
+            # Gone already when the ticker found the claim lost (and said so).
+            left = self._beating.get(key, 0) - 1
+            if left > 0:
                 self._beating[key] = left
             else:
-                del self._beating[key]
+                self._beating.pop(key, None)
 
     async def _tick(self) -> None:
         """Renews every key under `heartbeat` each third of a lease, in one round trip;

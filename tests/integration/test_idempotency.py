@@ -642,3 +642,22 @@ async def test_one_ticker_renews_every_held_key(client: aioredis.Redis, prefix: 
         assert len(guard.sent) <= guard.stats.renewals // 10
     assert guard.stats.lost_leases == 0
     await asyncio.gather(*(guard.complete(k) for k in keys))
+
+
+async def test_a_lease_lost_while_the_handler_works_ends_its_block_cleanly(
+    client: aioredis.Redis, prefix: str
+) -> None:
+    guard = make_guard(client, prefix, lease_s=0.3)
+    assert (await guard.begin("job-l")).new
+    async with guard.heartbeat("job-l"):
+        # Another handler took the key over (as after a lease that ran out): the ticker
+        # finds the claim no longer this guard's and stops renewing it.
+        await client.set(guard.redis_key("job-l"), b"P-someone-else", px=10_000)
+
+        async def lost() -> bool:
+            return guard.stats.lost_leases == 1
+
+        await eventually(lost, "the ticker noticed the lost claim")
+    # The block ended without an error of its own; the other claim is untouched.
+    assert await stored(client, guard, "job-l") == b"P-someone-else"
+    assert await guard.release("job-l") is False  # compare-and-delete: not ours
