@@ -171,11 +171,21 @@ class TokenBudget:
             raise LookupError(run.run_id)
         raise BudgetExceededError(scope, run.tenant_id, int(got[2]), int(got[3]), estimate)
 
-    async def settle(self, run: types_pb2.Run, marker: str, usage: types_pb2.Usage) -> bool:
+    async def settle(
+        self,
+        run: types_pb2.Run,
+        marker: str,
+        usage: types_pb2.Usage,
+        *,
+        period_key: str | bytes | None = None,
+    ) -> bool:
         """Replaces the reservation of `marker` with the actual `usage`; True the first
-        time, False for a marker settled before (a redelivery: never charged twice)."""
+        time, False for a marker settled before (a redelivery: never charged twice).
+        `period_key`: where the reservation was counted, when the caller knows; else
+        this budget remembers it (reserved here) or reads it from the run's record."""
         run_key = self.keys.run(run.tenant_id, run.run_id)
-        period_key: Any = self._periods.pop((run.run_id, marker), None)
+        remembered = self._periods.pop((run.run_id, marker), None)
+        period_key = period_key or remembered
         if period_key is None:
             period_key = await self.redis.hget(run_key, f"rsvk:{marker}")
         if period_key is None:
@@ -202,9 +212,7 @@ class TokenBudget:
             if field.startswith("rsv:") and value not in (b"settled", "settled"):
                 # Settled without a read: the record names the reservation's period.
                 period = record.get(f"rsvk:{field[4:]}".encode())
-                if period is not None:
-                    self._periods[(run.run_id, field[4:])] = period.decode()
-                released += await self.settle(run, field[4:], types_pb2.Usage())
+                released += await self.settle(run, field[4:], types_pb2.Usage(), period_key=period)
         return released
 
     async def tenant_usage(self, tenant: str) -> TenantUsage:

@@ -23,7 +23,6 @@ __all__ = [
     "PAUSE",
     "RECORD",
     "RUNNING",
-    "TURN",
 ]
 
 _PRELUDE = """
@@ -124,7 +123,7 @@ FINISH = (
 local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
 if not status then return -1 end
 -- The run's turn in its conversation's session (KEYS[4], when given), counted once
--- whoever ends the run: as TURN does, in the same round trip.
+-- whoever ends the run (an unknown run returned above: no marker, no hash left behind).
 local function turn(final)
   if #KEYS < 4 or redis.call('HSETNX', KEYS[1], 'once:turn', 1) == 0 then return end
   redis.call('HINCRBY', KEYS[4], 'turns', 1)
@@ -177,17 +176,6 @@ end
 local out = {}
 for i = 2, #ARGV, 2 do out[#out + 1] = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') end
 return out
-"""
-
-# A run's turn in its conversation's session, counted once (and never for an unknown
-# run, whose marker would create a run hash with no TTL).
-TURN = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HSETNX', KEYS[1], 'once:turn', 1) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[2], 'turns', 1)
-redis.call('HSET', KEYS[2], 'last_run', ARGV[1], 'last_status', ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return 1
 """
 
 # A tool call begins only if its run is neither cancelled nor ended, checked and

@@ -25,7 +25,6 @@ from services.runs._scripts import (
     PAUSE,
     RECORD,
     RUNNING,
-    TURN,
 )
 from services.runtime.config import Settings
 from services.runtime.keys import Keys
@@ -142,7 +141,6 @@ class RunStore:
         self._finish = redis.register_script(FINISH)
         self._record = redis.register_script(RECORD)
         self._add = redis.register_script(ADD_ONCE)
-        self._turn = redis.register_script(TURN)
         self._begin_call = redis.register_script(BEGIN_CALL)
         self._end_call = redis.register_script(END_CALL)
         self._pause = redis.register_script(PAUSE)
@@ -334,14 +332,6 @@ class RunStore:
             u_completion=usage.completion_tokens,
         )
 
-    async def note_turn(self, run: types_pb2.Run) -> None:
-        """Counts an ended run as a turn of its conversation's session (once)."""
-        keys = [
-            self.keys.run(run.tenant_id, run.run_id),
-            self.keys.session(run.tenant_id, run.conversation_id),
-        ]
-        await self._turn(keys=keys, args=[run.run_id, int(run.status), self.run_ttl_s])
-
     async def session(self, tenant: str, conversation_id: str) -> dict[str, str]:
         """A conversation's session state (turns so far, last run and its status)."""
         raw = cast(
@@ -380,7 +370,7 @@ class RunStore:
         """Ends the run (at most once; a requested cancellation wins) and appends its
         `finished` event. Returns how the run ended, whoever ended it; None when the
         run is unknown (expired). With `conversation_id`, the run also counts once as a
-        turn of that conversation's session (`note_turn`), in the same round trip."""
+        turn of that conversation's session, in the same round trip."""
         keys = [
             self.keys.run(tenant, run_id),
             self.keys.events(tenant, run_id),

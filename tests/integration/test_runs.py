@@ -469,20 +469,25 @@ async def test_counters_count_once_per_marker_and_make_up_the_usage(store: RunSt
 
 async def test_a_run_counts_once_as_a_turn_of_its_session(store: RunStore) -> None:
     first = await created(store, conversation_id="conv-9")
-    end = await store.finish(TENANT, first.run_id, COMPLETED, answer=types_pb2.Answer(text="a"))
-    assert end is not None
-    await asyncio.gather(*(store.note_turn(end.run) for _ in range(MANY)))
+    answer = types_pb2.Answer(text="a")
+    ends = await asyncio.gather(
+        *(
+            store.finish(TENANT, first.run_id, COMPLETED, answer=answer, conversation_id="conv-9")
+            for _ in range(MANY)
+        )
+    )
+    assert all(end is not None for end in ends)
     session = await store.session(TENANT, "conv-9")
     assert session == {"turns": "1", "last_run": first.run_id, "last_status": str(COMPLETED)}
     second = await created(store, conversation_id="conv-9")
     end = await store.finish(TENANT, second.run_id, FAILED, error="boom")
     assert end is not None
-    await store.note_turn(end.run)
-    await store.note_turn(end.run)
+    await store.finish(TENANT, second.run_id, FAILED, conversation_id="conv-9")
+    await store.finish(TENANT, second.run_id, FAILED, conversation_id="conv-9")
     session = await store.session(TENANT, "conv-9")
     assert session == {"turns": "2", "last_run": second.run_id, "last_status": str(FAILED)}
     # An unknown run is no turn, and leaves no record behind.
-    await store.note_turn(new_run("no-such-run", conversation_id="conv-9"))
+    await store.finish(TENANT, "no-such-run", COMPLETED, conversation_id="conv-9")
     assert (await store.session(TENANT, "conv-9"))["turns"] == "2"
     assert not await store.redis.exists(store.keys.run(TENANT, "no-such-run"))
 
@@ -532,8 +537,8 @@ async def test_finishing_with_the_conversation_counts_the_turn_once(store: RunSt
     assert all(end is not None and end.status == COMPLETED for end in ends)
     session = await store.session(TENANT, "conv-f")
     assert session == {"turns": "1", "last_run": run.run_id, "last_status": str(COMPLETED)}
-    # `note_turn` afterwards (the two ways of counting agree): still one turn.
-    await store.note_turn(ends[0].run)  # type: ignore[union-attr]
+    # Finishing again (a redelivery): still one turn.
+    await store.finish(TENANT, run.run_id, COMPLETED, conversation_id="conv-f")
     assert (await store.session(TENANT, "conv-f"))["turns"] == "1"
     # An ended run's fields come back with its end: no read after it.
     assert ends[0] is not None
@@ -802,7 +807,7 @@ async def test_the_records_take_the_configured_retention(
     # Once finished, the events are kept for the stream retention; the run for its own.
     assert 110 <= await redis.ttl(keys.events(TENANT, run.run_id)) <= 120
     assert 590 <= await redis.ttl(keys.run(TENANT, run.run_id)) <= 600
-    await store.note_turn(end.run)
+    await store.finish(TENANT, run.run_id, COMPLETED, conversation_id=run.conversation_id)
     assert 590 <= await redis.ttl(keys.session(TENANT, run.conversation_id)) <= 600
 
 
