@@ -67,21 +67,29 @@ async def example(mesh: Mesh, *args: str) -> Done:
 
 
 async def consume(mesh: Mesh, run_id: str, *args: str) -> list[dict[str, Any]]:
-    done = await run(
-        "agentflux-consume",
-        "--brokers",
-        mesh.settings.kafka_bootstrap_servers,
-        "--namespace",
-        mesh.ns,
-        "--group",
-        new_id("go-consume"),
-        "--until-completed",
-        run_id,
-        "--timeout",
-        "120",
-        *args,
-    )
-    assert done.code == 0, f"exit {done.code}\n{done.stdout}\n{done.stderr}"
+    """The run's records as the Go consumer prints them, up to its agent.completed.
+
+    `--until-completed` stops at the completion, and a consumer fetches the three topics
+    independently: the completion can arrive before the run's agent.requested. Read
+    again (a new group, from the start) until the run's request is among the records."""
+    for _ in range(5):
+        done = await run(
+            "agentflux-consume",
+            "--brokers",
+            mesh.settings.kafka_bootstrap_servers,
+            "--namespace",
+            mesh.ns,
+            "--group",
+            new_id("go-consume"),
+            "--until-completed",
+            run_id,
+            "--timeout",
+            "120",
+            *args,
+        )
+        assert done.code == 0, f"exit {done.code}\n{done.stdout}\n{done.stderr}"
+        if any(r.get("topic") == mesh.ns + "agent.requested" for r in done.lines):
+            break
     return done.lines
 
 
