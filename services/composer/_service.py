@@ -23,6 +23,7 @@ from services.runs import (
     TERMINAL,
     RunEnder,
     RunStore,
+    ScriptCall,
     TokenBudget,
     estimate_tokens,
 )
@@ -119,13 +120,19 @@ class ComposerService(Service):
         assert isinstance(called, events_pb2.ToolCalled)
         tenant = called.tenant_id or self.mesh.settings.tenant
         step = called.step
-        results = await self.store.record_result(
-            tenant, called.run_id, step, called.result, called.step_tool_count
+        # The result added to its step, the run, its conversation's memory and the
+        # results of the steps before, in one round trip (read in vain when this result
+        # does not complete its step: cheaper than a second trip when it does).
+        seen = await self.store.snapshot(
+            tenant,
+            called.run_id,
+            called.conversation_id,
+            record=(step, called.result, called.step_tool_count),
+            earlier_than=step,
         )
+        results = seen.step_results
         if results is None:
             return b"gathered"
-        # The run and its conversation's memory, in one round trip.
-        seen = await self.store.snapshot(tenant, called.run_id, called.conversation_id)
         run, reason = seen.run, seen.cancel_reason
         if run is None:
             log.warning("run %s is unknown (expired?); its step is dropped", called.run_id)
@@ -141,12 +148,11 @@ class ComposerService(Service):
         if failed:
             await self.ender.fail(run, step, _failures(failed))
             return b"failed"
-        # The rest read at once: one wait, not three (the run's earlier calls only for a
+        # The rest read at once: one wait, not two (the run's earlier calls only for a
         # model that uses them).
-        memory = seen.memory
-        template, earlier, history = await asyncio.gather(
+        memory, earlier = seen.memory, seen.earlier
+        template, history = await asyncio.gather(
             self._template(),
-            self.store.results_before(tenant, run.run_id, step),
             self.store.planned_calls(tenant, run.run_id, step if uses_history(self.model) else -1),
         )
         ask = ComposeRequest(
@@ -195,18 +201,20 @@ class ComposerService(Service):
         capture = await self.flags.enabled(CAPTURE_CONTENT)
         span = trace.get_current_span()
 
-        async def charged(deltas: AsyncIterator[str]) -> AsyncIterator[str]:
+        async def captured(deltas: AsyncIterator[str]) -> AsyncIterator[str]:
             pieces = []
             async for piece in deltas:
                 pieces.append(piece)
                 yield piece
-            # The usage is final once the answer is drained: settle it before the end.
-            await self.budget.settle(run, marker, composition.usage)
             if capture:
                 span.set_attribute("agentflux.answer", "".join(pieces)[:4096])
 
+        async def settle() -> ScriptCall | None:
+            # The usage is final once the answer is drained: settled with the run's end.
+            return await self.budget.settle_call(run, marker, composition.usage)
+
         try:
-            await self.ender.answer(run, step, charged(composition.deltas))
+            await self.ender.answer(run, step, captured(composition.deltas), settle=settle)
         except ModelError as failed:
             # The answer broke off mid-stream: its pieces so far stay in the run's stream,
             # and the run ends FAILED saying so (asking again would stream another text

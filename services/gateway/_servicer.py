@@ -49,8 +49,8 @@ from interceptors import (
 from services.gateway import _requests as req
 from services.gateway._validation import validate
 from services.runs import (
-    OUTPUT_ALLOWANCE,
     TERMINAL,
+    BudgetSpentError,
     RequestReusedError,
     RunStore,
     StreamGapError,
@@ -144,14 +144,17 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
         ctx = current()
         request_id = req.request_id_of(request, ctx.idempotency_key if ctx else "")
         with _store_reachable():
-            await self._within_budget(run.tenant_id)
             try:
+                # The tenant's budget is checked in the same step that creates the run.
                 run, new = await self.store.create(
                     run,
                     request_id,
                     digest=req.digest(request),
                     max_in_flight=self.settings.max_runs_in_flight,
+                    budget=self.budget.gate(run.tenant_id),
                 )
+            except BudgetSpentError as spent:
+                raise self._budget_spent(run.tenant_id, spent) from None
             except RequestReusedError as reused:
                 raise AlreadyExists(
                     f"request id {request_id} was used for a different request; it "
@@ -179,23 +182,19 @@ class AgentGateway(gateway_pb2_grpc.AgentGatewayServicer):
                 await self._request(run)
         return gateway_pb2.SubmitResponse(run=run)
 
-    async def _within_budget(self, tenant: str) -> None:
-        """RESOURCE_EXHAUSTED (QuotaFailure, RetryInfo: the period's end) when the
-        tenant's token budget for the period is spent, so a run would fail at its first
-        model call. Runs already going are stopped by their own reservations."""
-        usage = await self.budget.tenant_usage(tenant)
-        # Spent means no room for even the smallest model call: what is left could not
-        # cover a call's output allowance, so a new run could not take its first step.
-        if usage.used + usage.reserved + OUTPUT_ALLOWANCE < usage.limit:
-            return
-        period = self.settings.budget_period_s
-        raise ResourceExhausted(
-            f"tenant {tenant}'s token budget is spent: {usage.used} used and "
-            f"{usage.reserved} reserved of {usage.limit} tokens this period "
+    def _budget_spent(self, tenant: str, spent: BudgetSpentError) -> ResourceExhausted:
+        """RESOURCE_EXHAUSTED (QuotaFailure, RetryInfo: the period's end) for a tenant
+        whose token budget for the period is spent: no room for even the smallest model
+        call (its output allowance), so a new run could not take its first step. Runs
+        already going are stopped by their own reservations."""
+        period, limit = self.settings.budget_period_s, self.budget.tenant_limit
+        return ResourceExhausted(
+            f"tenant {tenant}'s token budget is spent: {spent.used} used and "
+            f"{spent.reserved} reserved of {limit} tokens this period "
             "(AGENTFLUX_TENANT_TOKEN_BUDGET per AGENTFLUX_BUDGET_PERIOD_S)",
             reason="TOKEN_BUDGET_EXHAUSTED",
             retry_after=max(1.0, period - time.time() % period),
-            quota=[(f"tenant:{tenant}", f"{usage.limit} model tokens per {period} s")],
+            quota=[(f"tenant:{tenant}", f"{limit} model tokens per {period} s")],
         )
 
     async def _request(self, run: types_pb2.Run) -> None:

@@ -29,7 +29,15 @@ from services.models import (
     provider,
     uses_history,
 )
-from services.runs import RunEnder, RunStore, TokenBudget, estimate_tokens, run_of_event
+from services.runs import (
+    RunEnder,
+    RunStore,
+    TokenBudget,
+    counted,
+    estimate_tokens,
+    run_of_event,
+    run_together,
+)
 from services.runtime.adapters.kafka import KafkaConsumer
 from services.runtime.cache import ReadThroughCache
 from services.runtime.flags import FeatureFlags
@@ -149,28 +157,31 @@ class PlannerService(Service):
         request = incoming.event
         assert isinstance(request, events_pb2.AgentRequested)
         tenant = request.tenant_id or self.mesh.settings.tenant
-        # The run and what the model is shown of its conversation, in one round trip.
+        step = request.step
+        # The run and what the model is shown of its conversation, and the run marked
+        # RUNNING at this step, in one round trip.
         seen = await self.store.snapshot(
-            tenant, request.run_id, request.conversation_id, session=True
+            tenant, request.run_id, request.conversation_id, session=True, running_step=step
         )
         run, reason, memory, session = seen.run, seen.cancel_reason, seen.memory, seen.session
-        if run is None and request.step == 0:
+        running = bool(seen.running)
+        if run is None and step == 0:
             run = await self._start(request, tenant)
             if run is not None:  # new here: its conversation is read now
                 memory, session = await asyncio.gather(
                     self.store.memory(tenant, run.conversation_id),
                     self.store.session(tenant, run.conversation_id),
                 )
+                running = await self.store.set_running(tenant, run.run_id, step)
         if run is None:
             log.warning("run %s of tenant %s is unknown; not planned", request.run_id, tenant)
             return b"unknown"
-        step = request.step
         if await self.flags.enabled(CAPTURE_CONTENT):
             trace.get_current_span().set_attribute("agentflux.prompt", run.prompt[:4096])
         if reason is not None:
             await self.ender.cancel(run, step, reason)
             return b"cancelled"
-        if not await self.store.set_running(tenant, run.run_id, step):
+        if not running:
             return b"ended"  # a redelivery of a request whose run already ended
         limits = run.limits
         if step >= limits.max_steps:
@@ -213,20 +224,31 @@ class PlannerService(Service):
             # rather than a redelivery asking again with no end.
             await self.ender.fail(run, step, f"the model could not plan step {step}: {failed}")
             return b"failed"
-        await self.budget.settle(run, marker, plan.usage)
         calls = [self._call(run.run_id, step, i, c) for i, c in enumerate(plan.calls)]
-        await self.store.append_once(
-            tenant,
-            run.run_id,
-            f"planned:{step}",
-            gateway_pb2.StreamRunResponse(
-                planned=gateway_pb2.RunPlanned(step=step, tool_calls=calls)
-            ),
-        )
+        # The call's tokens settled, its `planned` event and (within the step's bound)
+        # its tool calls counted: writes that need no answer of each other, one round trip.
+        writes = [
+            self.store.append_call(
+                tenant,
+                run.run_id,
+                f"planned:{step}",
+                gateway_pb2.StreamRunResponse(
+                    planned=gateway_pb2.RunPlanned(step=step, tool_calls=calls)
+                ),
+            )
+        ]
+        counting = 0 < len(calls) <= run.limits.max_tools_per_step
+        if counting:
+            count = self.store.add_call(tenant, run.run_id, f"calls:{step}", calls=len(calls))
+            writes.append(count)
+        settle = await self.budget.settle_call(run, marker, plan.usage)
+        if settle is not None:
+            writes.insert(0, settle)
+        got = await run_together(self.mesh.redis, writes)
         if not calls:
             await self.ender.answer(run, step, _pieces(plan.answer))
             return b"answered"
-        problem = await self._over_bounds(run, step, calls)
+        problem = self._over_bounds(run, step, calls, counted(got[-1]) if counting else [])
         if problem:
             await self.ender.fail(run, step, problem)
             return b"failed"
@@ -250,18 +272,19 @@ class PlannerService(Service):
             step=step,
         )
 
-    async def _over_bounds(
-        self, run: types_pb2.Run, step: int, calls: list[types_pb2.ToolCall]
+    @staticmethod
+    def _over_bounds(
+        run: types_pb2.Run, step: int, calls: list[types_pb2.ToolCall], totals: list[int]
     ) -> str:
+        """Why the step's `calls` break the run's bounds ("" when they do not); `totals`:
+        what counting them answered (`RunStore.add_call`)."""
         limits = run.limits
         if len(calls) > limits.max_tools_per_step:
             return (
                 f"step {step} planned {len(calls)} tool calls; the run allows "
                 f"{limits.max_tools_per_step} per step (limits.max_tools_per_step)"
             )
-        (total,) = await self.store.add_once(
-            run.tenant_id, run.run_id, f"calls:{step}", calls=len(calls)
-        ) or [len(calls)]
+        (total,) = totals or [len(calls)]
         if total > limits.max_tool_calls:
             return (
                 f"the run planned {total} tool calls in all; it allows "

@@ -17,6 +17,10 @@ a late writer overwrite how a run ended:
 - `TokenBudget.reserve`/`settle`: tokens reserved before each model call against the
   tenant's and the run's budgets, settled once after it.
 
+Writes that need no answer of each other go in one round trip (`run_together`, with the
+`*_call` forms of the writes), and `RunStore.snapshot` reads what a handler decides on
+(and records or marks what it must first) in one.
+
 Keys live under `<namespace>af:<tenant>:`, so tenants never share a key.
 """
 
@@ -30,34 +34,45 @@ from services.runs._ending import RunEnder
 from services.runs._starting import MAX_PROMPT_BYTES, resolve_limits, run_of_event
 from services.runs._store import (
     TERMINAL,
+    BudgetSpentError,
     Finished,
     RequestReusedError,
     RunSnapshot,
     RunStore,
     StreamGapError,
     TooManyRunsError,
+    appended,
     completion_of,
+    counted,
+    finished,
     finished_of,
     is_event_id,
 )
+from services.runs._together import ScriptCall, run_together
 
 __all__ = [
     "MAX_PROMPT_BYTES",
     "OUTPUT_ALLOWANCE",
     "TERMINAL",
     "BudgetExceededError",
+    "BudgetSpentError",
     "Finished",
     "RequestReusedError",
     "RunEnder",
     "RunSnapshot",
     "RunStore",
+    "ScriptCall",
     "StreamGapError",
     "TokenBudget",
     "TooManyRunsError",
+    "appended",
     "completion_of",
+    "counted",
     "estimate_tokens",
+    "finished",
     "finished_of",
     "is_event_id",
     "resolve_limits",
     "run_of_event",
+    "run_together",
 ]

@@ -25,6 +25,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from agentflux.v1 import types_pb2
 
+from services.runs._together import ScriptCall
 from services.runtime.config import Settings
 from services.runtime.keys import Keys
 
@@ -183,18 +184,32 @@ class TokenBudget:
         time, False for a marker settled before (a redelivery: never charged twice).
         `period_key`: where the reservation was counted, when the caller knows; else
         this budget remembers it (reserved here) or reads it from the run's record."""
+        call = await self.settle_call(run, marker, usage, period_key=period_key)
+        return False if call is None else bool(await call.run())
+
+    async def settle_call(
+        self,
+        run: types_pb2.Run,
+        marker: str,
+        usage: types_pb2.Usage,
+        *,
+        period_key: str | bytes | None = None,
+    ) -> ScriptCall | None:
+        """`settle` to run with other writes (`run_together`: its answer is 1 when it
+        settled now); None when there is no reservation of `marker` to settle. Only a
+        reservation made by another process costs a read here."""
         run_key = self.keys.run(run.tenant_id, run.run_id)
         remembered = self._periods.pop((run.run_id, marker), None)
         period_key = period_key or remembered
         if period_key is None:
             period_key = await self.redis.hget(run_key, f"rsvk:{marker}")
         if period_key is None:
-            return False
-        done = await self._settle(
-            keys=[run_key, period_key.decode() if isinstance(period_key, bytes) else period_key],
-            args=[marker, usage.prompt_tokens, usage.completion_tokens],
+            return None
+        return ScriptCall(
+            self._settle,
+            [run_key, period_key.decode() if isinstance(period_key, bytes) else period_key],
+            [marker, usage.prompt_tokens, usage.completion_tokens],
         )
-        return bool(done)
 
     async def release(self, run: types_pb2.Run, fields: Mapping[bytes, bytes] | None = None) -> int:
         """Gives back every reservation of `run` never settled (a model call that failed
@@ -214,6 +229,12 @@ class TokenBudget:
                 period = record.get(f"rsvk:{field[4:]}".encode())
                 released += await self.settle(run, field[4:], types_pb2.Usage(), period_key=period)
         return released
+
+    def gate(self, tenant: str) -> tuple[str, int]:
+        """What `RunStore.create` checks a new run against: the tenant's budget key of
+        this period, and the tokens used and reserved at which the budget is spent (no
+        room left for even the smallest model call: its output allowance)."""
+        return self._period_key(tenant), self.tenant_limit - OUTPUT_ALLOWANCE
 
     async def tenant_usage(self, tenant: str) -> TenantUsage:
         """The tenant's tokens used and reserved in the current period."""

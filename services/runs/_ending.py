@@ -14,13 +14,14 @@ idempotency key."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from agentflux.v1 import events_pb2, gateway_pb2, types_pb2
 
 from interceptors import EventProducer
 from services.runs._budget import BudgetExceededError, TokenBudget
-from services.runs._store import Finished, RunStore, completion_of
+from services.runs._store import Finished, RunStore, completion_of, finished
+from services.runs._together import ScriptCall, run_together
 
 __all__ = ["RunEnder"]
 
@@ -53,9 +54,17 @@ class RunEnder:
         return True
 
     async def answer(
-        self, run: types_pb2.Run, step: int, deltas: AsyncIterator[str]
+        self,
+        run: types_pb2.Run,
+        step: int,
+        deltas: AsyncIterator[str],
+        *,
+        settle: Callable[[], Awaitable[ScriptCall | None]] | None = None,
     ) -> Finished | None:
-        """Streams the answer's pieces, then ends the run COMPLETED with their text."""
+        """Streams the answer's pieces, then ends the run COMPLETED with their text.
+        `settle`, called once the pieces are drained: the answering model call's tokens
+        to settle (`TokenBudget.settle_call`), sent in the same round trip as the end
+        and before it, so the run ends with its usage counted."""
         pieces: list[str] = []
         async for piece in deltas:
             index = len(pieces)
@@ -63,7 +72,14 @@ class RunEnder:
             event = gateway_pb2.StreamRunResponse(answer_delta=gateway_pb2.AnswerDelta(text=piece))
             await self.store.append_once(run.tenant_id, run.run_id, f"delta:{index}", event)
         answer = types_pb2.Answer(text="".join(pieces))
-        return await self._end(run, types_pb2.RUN_STATUS_COMPLETED, step, answer=answer)
+        before = await settle() if settle is not None else None
+        return await self._end(
+            run,
+            types_pb2.RUN_STATUS_COMPLETED,
+            step,
+            answer=answer,
+            before=[] if before is None else [before],
+        )
 
     async def fail(self, run: types_pb2.Run, step: int, error: str) -> Finished | None:
         """Ends the run FAILED with `error` (what a user should read)."""
@@ -81,9 +97,11 @@ class RunEnder:
         *,
         answer: types_pb2.Answer | None = None,
         error: str = "",
+        before: list[ScriptCall] | None = None,
     ) -> Finished | None:
-        # The run's end and its turn in its conversation's session: one round trip.
-        finished = await self.store.finish(
+        # The run's end and its turn in its conversation's session (and the writes that
+        # must land `before` it): one round trip.
+        end = self.store.finish_call(
             run.tenant_id,
             run.run_id,
             status,
@@ -92,12 +110,14 @@ class RunEnder:
             steps=step + 1,
             conversation_id=run.conversation_id,
         )
-        if finished is None:
+        got = await run_together(self.store.redis, [*(before or []), end])
+        ended_as = finished(got[-1])
+        if ended_as is None:
             log.warning("run %s is unknown (expired?); nothing to end", run.run_id)
             return None
-        ended = finished.run
+        ended = ended_as.run
         if self.budget is not None:
-            await self.budget.release(ended, finished.fields)
+            await self.budget.release(ended, ended_as.fields)
         completed = events_pb2.AgentCompleted(
             run_id=ended.run_id,
             tenant_id=ended.tenant_id,
@@ -111,4 +131,4 @@ class RunEnder:
             complete_time=ended.update_time,
         )
         await self.events.emit(completed, idempotency_key=f"{ended.run_id}:completed")
-        return finished
+        return ended_as

@@ -39,12 +39,22 @@ local function append(run, events, field, value)
 end
 """
 
-# KEYS: request, run, runs, events, in-flight. A reused request id answers with the
-# run it started and the digest of the request that started it; a tenant at its cap of
-# runs in flight is refused before anything is written.
+# KEYS: request, run, runs, events, in-flight[, the tenant's token budget this period].
+# A tenant whose budget is spent (ARGV[11]: the tokens at which it is: the limit less
+# what the smallest model call needs) is refused first, with its tokens used and
+# reserved. A reused request id answers with the run it started and the digest of the
+# request that started it; a tenant at its cap of runs in flight is refused before
+# anything is written.
 CREATE = (
     _PRELUDE
     + """
+if #KEYS >= 6 then
+  local used = tonumber(redis.call('HGET', KEYS[6], 'used') or '0')
+  local reserved = tonumber(redis.call('HGET', KEYS[6], 'reserved') or '0')
+  if used + reserved >= tonumber(ARGV[11]) then
+    return {'spent', used .. '|' .. reserved}
+  end
+end
 if ARGV[7] == '1' then
   local first = redis.call('GET', KEYS[1])
   if first then return {'existing', first} end
@@ -73,12 +83,14 @@ return {'new', ''}
 )
 
 # Nothing is appended to a run that ended: `finished` stays the last event. KEYS[3],
-# when given, is set to ARGV[3] for ARGV[4] seconds first, whatever the append does (a
-# record the caller keeps beside the event, written in the same round trip).
+# when given, is set to ARGV[4] for ARGV[5] seconds first, whatever the append does (a
+# record the caller keeps beside the event, written in the same round trip). ARGV[3],
+# when not empty, is a tool call that is over (END_CALL, in the same step).
 APPEND_ONCE = (
     _PRELUDE
     + """
-if #KEYS >= 3 then redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4]) end
+if #KEYS >= 3 then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5]) end
+if ARGV[3] ~= '' then redis.call('HDEL', KEYS[1], 'active:' .. ARGV[3]) end
 local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
 if not status or ended(status) then return false end
 if redis.call('HSETNX', KEYS[1], 'once:' .. ARGV[1], 1) == 0 then return false end
@@ -179,10 +191,16 @@ return out
 """
 
 # A tool call begins only if its run is neither cancelled nor ended, checked and
-# recorded in one step: once CANCEL returned, no call can begin.
+# recorded in one step: once CANCEL returned, no call can begin. KEYS[3], when given,
+# is the call's result record: a call whose result was recorded (a redelivery) does not
+# begin again, and its record is returned instead of 0 or 1.
 BEGIN_CALL = (
     _PRELUDE
     + """
+if #KEYS >= 3 then
+  local recorded = redis.call('GET', KEYS[3])
+  if recorded then return recorded end
+end
 local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
 if not status or ended(status) or redis.call('HEXISTS', KEYS[1], 'cancel') == 1 then
   return 0

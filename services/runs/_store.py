@@ -26,11 +26,13 @@ from services.runs._scripts import (
     RECORD,
     RUNNING,
 )
+from services.runs._together import ScriptCall, finish_queued, queue
 from services.runtime.config import Settings
 from services.runtime.keys import Keys
 
 __all__ = [
     "TERMINAL",
+    "BudgetSpentError",
     "Finished",
     "RequestReusedError",
     "RunSnapshot",
@@ -75,6 +77,15 @@ class RequestReusedError(Exception):
         self.run = run
 
 
+class BudgetSpentError(Exception):
+    """The tenant's token budget for the period cannot cover another model call: a new
+    run would fail at its first."""
+
+    def __init__(self, used: int, reserved: int) -> None:
+        super().__init__(f"{used} tokens used and {reserved} reserved")
+        self.used, self.reserved = used, reserved
+
+
 class StreamGapError(Exception):
     """`after_event_id` is not an event of the run's stream (unknown or expired)."""
 
@@ -88,6 +99,14 @@ class RunSnapshot:
     cancel_reason: str | None
     memory: list[str]
     session: dict[str, str]
+    # With `running_step`: whether the run could be marked RUNNING (False: it ended, or
+    # is unknown).
+    running: bool | None = None
+    # With `earlier_than`: the results of the steps before it (`results_before`).
+    earlier: list[types_pb2.ToolResult] = field(default_factory=list)
+    # With `record`: every result of the step when this one completed it, else None
+    # (`record_result`).
+    step_results: list[types_pb2.ToolResult] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,29 +186,36 @@ class RunStore:
         *,
         digest: str = "",
         max_in_flight: int = 0,
+        budget: tuple[str, int] | None = None,
     ) -> tuple[types_pb2.Run, bool]:
         """Stores a new PENDING run with its `accepted` event; with a `request_id` seen
         before, returns that run instead (the bool says whether the run is new).
 
         `digest` identifies the request: a `request_id` reused for a request with another
         digest raises `RequestReusedError` naming the first run. With `max_in_flight`, a
-        tenant with that many runs unfinished is refused with `TooManyRunsError`."""
+        tenant with that many runs unfinished is refused with `TooManyRunsError`. With
+        `budget` (the tenant's period key and the tokens at which it is spent, as
+        `TokenBudget.gate` gives them), a tenant whose budget is spent is refused first
+        with `BudgetSpentError`, in the same round trip."""
         now = _now_ms()
         run.status = types_pb2.RUN_STATUS_PENDING
         run.create_time.CopyFrom(_timestamp(now))
         run.update_time.CopyFrom(_timestamp(now))
         accepted = gateway_pb2.StreamRunResponse(accepted=gateway_pb2.RunAccepted(run=run))
         tenant, run_id = run.tenant_id, run.run_id
+        keys = [
+            self.keys.request(tenant, request_id or "-"),
+            self.keys.run(tenant, run_id),
+            self.keys.runs(tenant),
+            self.keys.events(tenant, run_id),
+            self.keys.in_flight(tenant),
+        ]
+        if budget is not None:
+            keys.append(budget[0])
         kind, value = cast(
             "list[bytes]",
             await self._create(
-                keys=[
-                    self.keys.request(tenant, request_id or "-"),
-                    self.keys.run(tenant, run_id),
-                    self.keys.runs(tenant),
-                    self.keys.events(tenant, run_id),
-                    self.keys.in_flight(tenant),
-                ],
+                keys=keys,
                 args=[
                     run_id,
                     run.SerializeToString(),
@@ -201,6 +227,7 @@ class RunStore:
                     digest,
                     max_in_flight,
                     self.in_flight_horizon_s * 1000,
+                    budget[1] if budget is not None else 0,
                 ],
             ),
         )
@@ -208,6 +235,9 @@ class RunStore:
             return run, True
         if kind == b"full":
             raise TooManyRunsError(int(value))
+        if kind == b"spent":
+            used, _, reserved = value.decode().partition("|")
+            raise BudgetSpentError(int(used), int(reserved))
         first_id, _, first_digest = value.decode().partition("|")
         existing = await self.get(tenant, first_id)
         if existing is None:  # its record expired before the request id did
@@ -222,30 +252,78 @@ class RunStore:
         return _assemble(fields) if fields else None
 
     async def snapshot(
-        self, tenant: str, run_id: str, conversation_id: str, *, session: bool = False
+        self,
+        tenant: str,
+        run_id: str,
+        conversation_id: str,
+        *,
+        session: bool = False,
+        running_step: int | None = None,
+        earlier_than: int = 0,
+        record: tuple[int, types_pb2.ToolResult, int] | None = None,
     ) -> RunSnapshot:
         """The run, why its cancellation was requested, and its conversation's memory
         (and session state) in one round trip: what a handler reads before it decides.
         `conversation_id` is the one the message names; when the run says otherwise, the
-        run's conversation is read again (the run is the authority)."""
+        run's conversation is read again (the run is the authority).
+
+        In the same round trip, when asked: `record` (step, result, results expected)
+        first adds a tool result to its step (`record_result`); `running_step` marks the
+        run RUNNING at that step (`set_running`; harmless for a run being cancelled,
+        which stays CANCELLING); `earlier_than` reads the results of the steps before
+        it (`results_before`). The run read is the one before the marking."""
+        scripts: list[tuple[int, ScriptCall]] = []
         async with self.redis.pipeline(transaction=False) as pipe:
+            if record is not None:
+                scripts.append((len(pipe), self._record_call(tenant, run_id, *record)))
+                queue(pipe, scripts[-1][1])
+            at = len(pipe)
             pipe.hgetall(self.keys.run(tenant, run_id))
             pipe.lrange(self.keys.memory(tenant, conversation_id), 0, _MEMORY - 1)
             if session:
                 pipe.hgetall(self.keys.session(tenant, conversation_id))
-            got: list[Any] = await pipe.execute()
-        fields = cast("dict[bytes, bytes]", got[0])
+            if running_step is not None:
+                call = ScriptCall(
+                    self._running,
+                    [self.keys.run(tenant, run_id)],
+                    [running_step, _now_ms()],
+                )
+                scripts.append((len(pipe), call))
+                queue(pipe, call)
+            earlier_at = len(pipe)
+            for step in range(earlier_than):
+                pipe.hvals(self.keys.step(tenant, run_id, step))
+            got: list[Any] = await pipe.execute(raise_on_error=False)
+        for index, call in scripts:  # each may run twice: see finish_queued
+            (got[index],) = await finish_queued([call], [got[index]])
+        for value in got:
+            if isinstance(value, Exception):
+                raise value
+        step_results = None
+        if record is not None:
+            step_results = _results(got[0])
+        running = None if running_step is None else bool(got[scripts[-1][0]])
+        earlier = _earlier(got[earlier_at : earlier_at + earlier_than])
+        fields = cast("dict[bytes, bytes]", got[at])
         if not fields:
-            return RunSnapshot(None, None, [], {})
+            return RunSnapshot(None, None, [], {}, running, earlier, step_results)
         run = _assemble(fields)
         reason = fields.get(b"cancel")
         if run.conversation_id != conversation_id:
             memory = await self.memory(tenant, run.conversation_id)
             state = await self.session(tenant, run.conversation_id) if session else {}
         else:
-            memory = [cast("bytes", v).decode() for v in got[1]]
-            state = {k.decode(): v.decode() for k, v in got[2].items()} if session else {}
-        return RunSnapshot(run, None if reason is None else reason.decode(), memory, state)
+            memory = [cast("bytes", v).decode() for v in got[at + 1]]
+            state = {k.decode(): v.decode() for k, v in got[at + 2].items()} if session else {}
+        return RunSnapshot(
+            run,
+            None if reason is None else reason.decode(),
+            memory,
+            state,
+            running,
+            earlier,
+            step_results,
+        )
 
     async def list_runs(
         self, tenant: str, *, page_size: int, after: tuple[int, str] | None, status: int = 0
@@ -314,11 +392,14 @@ class RunStore:
         """Adds `counts` to the run's counters once per `marker`; returns their totals
         (empty when the run is unknown). Counters: `calls` (tool calls planned so far),
         `u_prompt` and `u_completion` (tokens, which make up `Run.usage`)."""
+        return counted(await self.add_call(tenant, run_id, marker, **counts).run())
+
+    def add_call(self, tenant: str, run_id: str, marker: str, **counts: int) -> ScriptCall:
+        """`add_once` to run with others (`run_together`); its answer read by `counted`."""
         args: list[str | int] = [marker]
         for name, value in counts.items():
             args += [name, value]
-        got = await self._add(keys=[self.keys.run(tenant, run_id)], args=args)
-        return [int(v) for v in cast("list[int]", got or [])]
+        return ScriptCall(self._add, [self.keys.run(tenant, run_id)], args)
 
     async def add_usage(
         self, tenant: str, run_id: str, marker: str, usage: types_pb2.Usage
@@ -371,6 +452,29 @@ class RunStore:
         `finished` event. Returns how the run ended, whoever ended it; None when the
         run is unknown (expired). With `conversation_id`, the run also counts once as a
         turn of that conversation's session, in the same round trip."""
+        call = self.finish_call(
+            tenant,
+            run_id,
+            status,
+            answer=answer,
+            error=error,
+            steps=steps,
+            conversation_id=conversation_id,
+        )
+        return finished(await call.run())
+
+    def finish_call(
+        self,
+        tenant: str,
+        run_id: str,
+        status: int,
+        *,
+        answer: types_pb2.Answer | None = None,
+        error: str = "",
+        steps: int = 0,
+        conversation_id: str | None = None,
+    ) -> ScriptCall:
+        """`finish` to run with others (`run_together`); its answer read by `finished`."""
         keys = [
             self.keys.run(tenant, run_id),
             self.keys.events(tenant, run_id),
@@ -378,25 +482,17 @@ class RunStore:
         ]
         if conversation_id is not None:
             keys.append(self.keys.session(tenant, conversation_id))
-        ended = await self._finish(
-            keys=keys,
-            args=[
-                status,
-                (answer or types_pb2.Answer()).SerializeToString(),
-                error,
-                steps,
-                _now_ms(),
-                self.stream_ttl_s,
-                run_id,
-                self.run_ttl_s,
-            ],
-        )
-        if ended == -1:
-            return None
-        flat = cast("list[bytes]", ended[1])
-        fields = dict(zip(flat[::2], flat[1::2], strict=True))
-        run = _assemble(fields)
-        return Finished(run.status, run, fields)
+        args = [
+            status,
+            (answer or types_pb2.Answer()).SerializeToString(),
+            error,
+            steps,
+            _now_ms(),
+            self.stream_ttl_s,
+            run_id,
+            self.run_ttl_s,
+        ]
+        return ScriptCall(self._finish, keys, args)
 
     # -- the event stream ----------------------------------------------------------------
 
@@ -408,17 +504,35 @@ class RunStore:
         event: gateway_pb2.StreamRunResponse,
         *,
         record: tuple[str, bytes, int] | None = None,
+        end_call: str = "",
     ) -> str | None:
         """Appends `event` unless an event with `marker` was appended already or the run
         ended; returns its event id, or None when nothing was appended. `record`:
-        (key, value, seconds) set first in any case, in the same round trip."""
+        (key, value, seconds) set first in any case, in the same round trip; `end_call`: a
+        tool call id whose call is over (`end_call`), also in any case."""
+        call = self.append_call(tenant, run_id, marker, event, record=record, end_call=end_call)
+        got = await call.run()
+        return appended(got)
+
+    def append_call(
+        self,
+        tenant: str,
+        run_id: str,
+        marker: str,
+        event: gateway_pb2.StreamRunResponse,
+        *,
+        record: tuple[str, bytes, int] | None = None,
+        end_call: str = "",
+    ) -> ScriptCall:
+        """`append_once` to run with others (`run_together`); its answer read by
+        `appended`. `end_call`: a tool call id whose call is over (`end_call`), recorded
+        in the same step whatever the append does."""
         keys = [self.keys.run(tenant, run_id), self.keys.events(tenant, run_id)]
-        args: list[str | int | bytes] = [marker, event.SerializeToString()]
+        args: list[str | int | bytes] = [marker, event.SerializeToString(), end_call]
         if record is not None:
             keys.append(record[0])
             args += [record[1], record[2]]
-        got = await self._append(keys=keys, args=args)
-        return None if got is None else cast("bytes", got).decode()
+        return ScriptCall(self._append, keys, args)
 
     async def read_events(
         self,
@@ -508,18 +622,24 @@ class RunStore:
         run_id: str,
         tool_call_id: str,
         started: tuple[str, gateway_pb2.StreamRunResponse] | None = None,
-    ) -> bool:
+        *,
+        record: str = "",
+    ) -> bool | bytes:
         """Records that a tool call begins, unless its run is cancelled or ended: one
         atomic step, so once `request_cancel` returned no call of the run can begin.
         `started`: (marker, event) appended once per marker when the call begins, in
-        the same step (`append_once` without a round trip of its own)."""
+        the same step (`append_once` without a round trip of its own). `record` (with
+        `started`): the key of the call's result record, checked first in the same step;
+        when it holds a result, the call does not begin and that result is returned."""
         keys = [self.keys.run(tenant, run_id)]
         args: list[str | int | bytes] = [tool_call_id, _now_ms()]
         if started is not None:
             keys.append(self.keys.events(tenant, run_id))
             args += [started[0], started[1].SerializeToString()]
+            if record:
+                keys.append(record)
         began = await self._begin_call(keys=keys, args=args)
-        return bool(began)
+        return began if isinstance(began, bytes) else bool(began)
 
     async def active_calls(self, tenant: str, run_id: str) -> dict[str, int]:
         """The run's tool calls that began and are not over: call id -> when it began
@@ -601,14 +721,16 @@ class RunStore:
     ) -> list[types_pb2.ToolResult] | None:
         """Adds one tool result of `step`; returns every result of the step to the one
         caller whose result completed it (again on its redelivery), else None."""
-        got = await self._record(
-            keys=[self.keys.step(tenant, run_id, step), self.keys.run(tenant, run_id)],
-            args=[result.tool_call_id, result.SerializeToString(), expected, self.run_ttl_s, step],
+        return _results(await self._record_call(tenant, run_id, step, result, expected).run())
+
+    def _record_call(
+        self, tenant: str, run_id: str, step: int, result: types_pb2.ToolResult, expected: int
+    ) -> ScriptCall:
+        return ScriptCall(
+            self._record,
+            [self.keys.step(tenant, run_id, step), self.keys.run(tenant, run_id)],
+            [result.tool_call_id, result.SerializeToString(), expected, self.run_ttl_s, step],
         )
-        if got is None:
-            return None
-        results = [types_pb2.ToolResult.FromString(v) for v in cast("list[bytes]", got)]
-        return sorted(results, key=lambda r: r.tool_call_id)
 
     async def results_before(
         self, tenant: str, run_id: str, step: int
@@ -622,11 +744,7 @@ class RunStore:
             for earlier in range(step):
                 pipe.hvals(self.keys.step(tenant, run_id, earlier))
             rows = cast("list[list[bytes]]", await pipe.execute())
-        out: list[types_pb2.ToolResult] = []
-        for values in rows:
-            results = [types_pb2.ToolResult.FromString(v) for v in values]
-            out += sorted(results, key=lambda r: r.tool_call_id)
-        return out
+        return _earlier(rows)
 
 
 _COMPLETION: dict[int, types_pb2.CompletionStatus.ValueType] = {
@@ -634,6 +752,41 @@ _COMPLETION: dict[int, types_pb2.CompletionStatus.ValueType] = {
     types_pb2.RUN_STATUS_FAILED: types_pb2.COMPLETION_STATUS_FAILED,
     types_pb2.RUN_STATUS_CANCELLED: types_pb2.COMPLETION_STATUS_CANCELLED,
 }
+
+
+def counted(got: Any) -> list[int]:
+    """The totals an `add_call` answered (empty when the run is unknown)."""
+    return [int(v) for v in cast("list[int]", got or [])]
+
+
+def appended(got: Any) -> str | None:
+    """The event id an `append_call` answered, or None when nothing was appended."""
+    return None if got is None else cast("bytes", got).decode()
+
+
+def finished(got: Any) -> Finished | None:
+    """How a run ended, from what a `finish_call` answered (None: the run is unknown)."""
+    if got == -1:
+        return None
+    flat = cast("list[bytes]", got[1])
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    run = _assemble(fields)
+    return Finished(run.status, run, fields)
+
+
+def _results(got: Any) -> list[types_pb2.ToolResult] | None:
+    if got is None:
+        return None
+    results = [types_pb2.ToolResult.FromString(v) for v in cast("list[bytes]", got)]
+    return sorted(results, key=lambda r: r.tool_call_id)
+
+
+def _earlier(rows: list[Any]) -> list[types_pb2.ToolResult]:
+    out: list[types_pb2.ToolResult] = []
+    for values in rows:
+        results = [types_pb2.ToolResult.FromString(v) for v in values]
+        out += sorted(results, key=lambda r: r.tool_call_id)
+    return out
 
 
 def completion_of(status: int) -> types_pb2.CompletionStatus.ValueType:

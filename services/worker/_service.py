@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import grpc
@@ -135,36 +135,45 @@ class WorkerService(Service):
         tenant = task.tenant_id or self.mesh.settings.tenant
         call = task.call
         record = self.keys.result(tenant, task.run_id, call.tool_call_id)
-        recorded = cast("bytes | None", await self.mesh.redis.get(record))
-        if recorded is not None:
-            await self._emit(task, types_pb2.ToolResult.FromString(recorded))
-            return recorded
-        refused = await self._refusal(task, tenant)
-        if refused is not None:
-            return await self._settle(task, tenant, record, refused)
+        spec = self.tools.get(call.name).spec if call.name in self.tools.names() else None
+        if needs_approval(self.mesh.settings, spec, call.name):
+            recorded = cast("bytes | None", await self.mesh.redis.get(record))
+            if recorded is not None:
+                return await self._recorded(task, recorded)
+            refused = await self._refusal(task, tenant)
+            if refused is not None:
+                return await self._settle(task, tenant, record, refused)
         # The one check a cancel cannot slip past: the call begins only if its run is not
-        # cancelled, in the same atomic step that records it as begun.
+        # cancelled, in the same atomic step that records it as begun (and, for a call
+        # that was not held for approval, that finds a result recorded before).
         started = gateway_pb2.StreamRunResponse(
             tool_started=gateway_pb2.ToolStarted(call=call, attempt=incoming.attempt)
         )
         marker = f"started:{call.tool_call_id}:{incoming.attempt}"
-        if not await self.store.begin_call(
-            tenant, task.run_id, call.tool_call_id, started=(marker, started)
-        ):
+        began = await self.store.begin_call(
+            tenant, task.run_id, call.tool_call_id, started=(marker, started), record=record
+        )
+        if isinstance(began, bytes):
+            return await self._recorded(task, began)
+        if not began:
             return await self._settle(task, tenant, record, await self._cancelled(task, tenant))
+        progress = _Progress()
         try:
-            return await self._begun(task, tenant, record, incoming.attempt)
+            return await self._begun(task, tenant, record, incoming.attempt, progress)
         finally:
-            await asyncio.shield(self.store.end_call(tenant, task.run_id, call.tool_call_id))
+            if not progress.over:  # a result recorded ended the call in the same step
+                await asyncio.shield(self.store.end_call(tenant, task.run_id, call.tool_call_id))
+
+    async def _recorded(self, task: tasks_pb2.ToolTask, recorded: bytes) -> bytes:
+        """A redelivered task whose result was recorded: emitted again, never run again."""
+        await self._emit(task, types_pb2.ToolResult.FromString(recorded))
+        return recorded
 
     async def _refusal(self, task: tasks_pb2.ToolTask, tenant: str) -> types_pb2.ToolResult | None:
-        """The result of a call that must not run (its run cancelled, or a call that
-        needs approval and has none), or None when it may run."""
+        """For a call that needs approval: the result of a call that must not run (its
+        run cancelled, or no approval), or None when it may run. (For any other call a
+        cancel is caught by `begin_call`, atomically: no read of its own.)"""
         call = task.call
-        spec = self.tools.get(call.name).spec if call.name in self.tools.names() else None
-        if not needs_approval(self.mesh.settings, spec, call.name):
-            # A cancel is caught by `begin_call`, atomically: no read of its own here.
-            return None
         if await self.store.cancel_reason(tenant, task.run_id) is not None:
             return await self._cancelled(task, tenant)
         state = await self.store.approval_state(tenant, task.run_id, call.tool_call_id)
@@ -197,7 +206,12 @@ class WorkerService(Service):
         )
 
     async def _begun(
-        self, task: tasks_pb2.ToolTask, tenant: str, record: str, attempt: int
+        self,
+        task: tasks_pb2.ToolTask,
+        tenant: str,
+        record: str,
+        attempt: int,
+        progress: _Progress,
     ) -> bytes:
         call = task.call  # its `started` event was appended as it began (begin_call)
         began = time.monotonic()
@@ -213,14 +227,14 @@ class WorkerService(Service):
                 result.status = types_pb2.TOOL_CALL_STATUS_CANCELLED
                 result.error_message = str(failed)
                 result.duration.CopyFrom(_duration(time.monotonic() - began))
-                return await self._settle(task, tenant, record, result)
+                return await self._settle(task, tenant, record, result, progress)
             last = attempt >= self.max_attempts
             if failed.retryable and not last:
                 raise Unavailable(f"{call.name}: {failed}") from failed  # the next tier
             result.status = failed.status  # type: ignore[assignment]
             result.error_message = str(failed)
             result.duration.CopyFrom(_duration(time.monotonic() - began))
-            await self._settle(task, tenant, record, result)
+            await self._settle(task, tenant, record, result, progress)
             # The run ends with this result; the task itself goes to the dead letters.
             raise FluxError(
                 f"{call.name}: {failed}",
@@ -230,7 +244,7 @@ class WorkerService(Service):
         result.status = types_pb2.TOOL_CALL_STATUS_SUCCEEDED
         result.output.CopyFrom(output)
         result.duration.CopyFrom(_duration(time.monotonic() - began))
-        return await self._settle(task, tenant, record, result)
+        return await self._settle(task, tenant, record, result, progress)
 
     async def _run(
         self, task: tasks_pb2.ToolTask, tenant: str, attempt: int, result: types_pb2.ToolResult
@@ -329,13 +343,16 @@ class WorkerService(Service):
 
     async def _until_cancelled(self, tenant: str, run_id: str, done: asyncio.Event) -> bool:
         """True once the run's cancellation is requested (polled: a few small reads a
-        second per running tool), False once `done` is set."""
-        while not done.is_set():
-            if await self.store.cancel_reason(tenant, run_id) is not None:
-                return True
+        second per running tool), False once `done` is set. The first read waits one
+        interval: `begin_call` checked the cancel an instant before, and most tools are
+        over by then (a read cut off by their end would also cost its connection)."""
+        while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), 0.2)
-        return False
+            if done.is_set():
+                return False
+            if await self.store.cancel_reason(tenant, run_id) is not None:
+                return True
 
     async def _metadata(self, spec: ToolSpec) -> dict[str, Any]:
         """A tool's metadata, read through Memcached (the registry is the source)."""
@@ -376,18 +393,28 @@ class WorkerService(Service):
         ]
 
     async def _settle(
-        self, task: tasks_pb2.ToolTask, tenant: str, record: str, result: types_pb2.ToolResult
+        self,
+        task: tasks_pb2.ToolTask,
+        tenant: str,
+        record: str,
+        result: types_pb2.ToolResult,
+        progress: _Progress | None = None,
     ) -> bytes:
+        """Records `result` with its `finished` event and emits it. `progress`: the call
+        began (`begin_call`), and is over in the same step."""
         data = result.SerializeToString()
         # Recorded before the emit: a crash after this re-emits the result, never re-runs.
-        # The record and the `finished` event go in one round trip.
+        # The record, the `finished` event and the call's end go in one round trip.
         await self.store.append_once(
             tenant,
             task.run_id,
             f"finished:{result.tool_call_id}",
             gateway_pb2.StreamRunResponse(tool_finished=gateway_pb2.ToolFinished(result=result)),
             record=(record, data, self.mesh.settings.run_retention_s),
+            end_call=result.tool_call_id if progress is not None else "",
         )
+        if progress is not None:
+            progress.over = True
         await self._emit(task, result)
         return data
 
@@ -402,6 +429,13 @@ class WorkerService(Service):
             result=result,
         )
         await self.events.emit(called, idempotency_key=f"{task.call.tool_call_id}:called")
+
+
+@dataclass(slots=True)
+class _Progress:
+    """A begun call's: `over` once its end was recorded with its result."""
+
+    over: bool = False
 
 
 def _failure_of(exc: Exception) -> _Failed:

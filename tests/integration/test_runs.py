@@ -9,6 +9,7 @@ retention. Waits are on conditions (what Redis holds), never on fixed sleeps."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,8 +20,19 @@ import pytest
 import redis.asyncio as aioredis
 from agentflux.v1 import gateway_pb2, types_pb2
 from google.protobuf import struct_pb2
+from redis.asyncio.connection import Connection
+from redis.exceptions import ResponseError
 
-from services.runs import RunStore, StreamGapError, completion_of
+from services.runs import (
+    BudgetSpentError,
+    RunStore,
+    StreamGapError,
+    appended,
+    completion_of,
+    counted,
+    finished,
+    run_together,
+)
 from services.runtime.adapters.redis import connect_redis
 from services.runtime.config import Settings
 from tests.integration.runtime_kit import eventually
@@ -169,6 +181,27 @@ async def test_a_retried_request_id_returns_the_first_run_and_appends_nothing(
     assert new_a
     assert new_b
     assert a.run_id != b.run_id
+
+
+async def test_a_tenant_whose_budget_is_spent_gets_no_run_and_nothing_is_written(
+    store: RunStore,
+) -> None:
+    period = store.keys.budget(TENANT, 1)
+    await store.redis.hset(period, mapping={"used": 700, "reserved": 100})
+    run = new_run()
+    with pytest.raises(BudgetSpentError) as spent:
+        await store.create(run, "req-spent", budget=(period, 800))
+    assert (spent.value.used, spent.value.reserved) == (700, 100)
+    assert await store.get(TENANT, run.run_id) is None
+    assert await store.redis.exists(store.keys.request(TENANT, "req-spent")) == 0
+    # One token below the mark: created, and the budget is only read.
+    made, new = await store.create(run, "req-spent", budget=(period, 801))
+    assert new
+    assert made.status == PENDING
+    assert await store.redis.hgetall(period) == {b"used": b"700", b"reserved": b"100"}
+    # No budget key yet (nothing spent this period): created.
+    _, new = await store.create(new_run(), budget=(store.keys.budget(TENANT, 2), 1))
+    assert new
 
 
 async def test_concurrent_creates_with_one_request_id_make_exactly_one_run(
@@ -572,6 +605,166 @@ async def test_a_snapshot_reads_run_cancel_memory_and_session_at_once(store: Run
 
     unknown = await store.snapshot(TENANT, "no-such-run", "conv-s", session=True)
     assert (unknown.run, unknown.cancel_reason, unknown.memory) == (None, None, [])
+
+
+@contextlib.contextmanager
+def round_trips() -> Iterator[list[int]]:
+    """Counts the round trips every Redis connection makes meanwhile (a command, or a
+    whole pipeline, is sent as one packed write)."""
+    sent = [0]
+    original = Connection.send_packed_command
+
+    async def counting(self: Connection, *args: Any, **kwargs: Any) -> None:
+        sent[0] += 1
+        await original(self, *args, **kwargs)
+
+    with mock.patch.object(Connection, "send_packed_command", counting):
+        yield sent
+
+
+async def test_a_snapshot_can_record_a_result_mark_the_step_and_read_earlier_results(
+    store: RunStore,
+) -> None:
+    run = await created(store, conversation_id="conv-r")
+    first = tool_result(run.run_id, 0, 0, value=1)
+    await store.record_result(TENANT, run.run_id, 0, first, 1)
+    done = [tool_result(run.run_id, 1, i, value=10 + i) for i in range(2)]
+    await store.snapshot(TENANT, run.run_id, "conv-r")  # scripts loaded, as in a service
+    await store.record_result(TENANT, run.run_id, 9, tool_result(run.run_id, 9, 0), 9)
+    with round_trips() as sent:
+        seen = await store.snapshot(
+            TENANT, run.run_id, "conv-r", record=(1, done[1], 2), earlier_than=1
+        )
+    assert sent == [1]
+    assert seen.step_results is None  # the step is not complete yet
+    assert seen.earlier == [first]
+    with round_trips() as sent:
+        seen = await store.snapshot(
+            TENANT, run.run_id, "conv-r", record=(1, done[0], 2), earlier_than=1, running_step=1
+        )
+    assert sent == [1]
+    assert seen.step_results == done  # this result completed the step: all of it, in order
+    assert seen.running is True
+    assert seen.run is not None
+    assert seen.run.status == PENDING
+    got = await store.get(TENANT, run.run_id)
+    assert got is not None
+    assert (got.status, got.step_count) == (RUNNING, 2)
+    # The same result again (a redelivery) is told the step's results again.
+    again = await store.snapshot(TENANT, run.run_id, "conv-r", record=(1, done[0], 2))
+    assert again.step_results == done
+    # An ended run is not marked running, and says so.
+    await store.finish(TENANT, run.run_id, COMPLETED)
+    ended = await store.snapshot(TENANT, run.run_id, "conv-r", running_step=2)
+    assert ended.running is False
+    got = await store.get(TENANT, run.run_id)
+    assert got is not None
+    assert got.status == COMPLETED
+    # An unknown run: nothing recorded, nothing marked, nothing created.
+    unknown = await store.snapshot(
+        TENANT, "no-such-run", "conv-r", record=(0, first, 1), running_step=0, earlier_than=2
+    )
+    assert (unknown.run, unknown.step_results, unknown.running, unknown.earlier) == (
+        None,
+        None,
+        False,
+        [],
+    )
+    assert await store.redis.exists(store.keys.run(TENANT, "no-such-run")) == 0
+
+
+async def test_writes_run_together_in_order_in_one_round_trip(store: RunStore) -> None:
+    run = await created(store)
+    writes = [
+        store.append_call(TENANT, run.run_id, "delta:0", delta("a")),
+        store.add_call(TENANT, run.run_id, "calls:0", calls=2),
+        store.finish_call(TENANT, run.run_id, COMPLETED),
+        store.append_call(TENANT, run.run_id, "delta:1", delta("after the end")),
+    ]
+    await store.add_once(TENANT, run.run_id, "warm", calls=0)  # scripts known to Redis
+    await store.append_once(TENANT, run.run_id, "warm", delta(""))
+    await store.finish(TENANT, "no-such-run", COMPLETED)
+    with round_trips() as sent:
+        got = await run_together(store.redis, writes)
+    assert sent == [1]
+    assert appended(got[0]) is not None
+    assert counted(got[1]) == [2]
+    ended = finished(got[2])
+    assert ended is not None
+    assert ended.status == COMPLETED
+    assert appended(got[3]) is None  # in order: the end came first, nothing after it
+    assert kinds(await events_of(store, run.run_id))[-2:] == ["answer_delta", "finished"]
+    assert await run_together(store.redis, []) == []
+
+
+async def test_writes_run_together_after_redis_lost_its_scripts_still_land_in_order(
+    store: RunStore,
+) -> None:
+    run = await created(store)
+    # The scripts are known, then Redis forgets them (a restart does the same): the
+    # first unknown one and all after it run again, each loaded, in order.
+    await store.append_once(TENANT, run.run_id, "warm", delta(""))
+    await store.redis.script_flush()
+    got = await run_together(
+        store.redis,
+        [
+            store.append_call(TENANT, run.run_id, "delta:0", delta("a")),
+            store.finish_call(TENANT, run.run_id, COMPLETED),
+            store.append_call(TENANT, run.run_id, "delta:1", delta("after the end")),
+        ],
+    )
+    assert appended(got[0]) is not None
+    assert finished(got[1]) is not None
+    assert appended(got[2]) is None
+    assert kinds(await events_of(store, run.run_id))[-2:] == ["answer_delta", "finished"]
+
+
+async def test_writes_run_together_raise_an_error_of_redis(store: RunStore) -> None:
+    run = await created(store)
+    await store.redis.set(store.keys.events(TENANT, "bad"), b"not a stream")
+    await store.redis.hset(store.keys.run(TENANT, "bad"), mapping={"status": 2, "seq": 0})
+    with pytest.raises(ResponseError):
+        await run_together(
+            store.redis,
+            [
+                store.append_call(TENANT, run.run_id, "delta:0", delta("a")),
+                store.append_call(TENANT, "bad", "delta:0", delta("b")),  # XADD on a string
+            ],
+        )
+    assert kinds(await events_of(store, run.run_id))[-1] == "answer_delta"  # the first landed
+
+
+async def test_a_begun_call_finds_its_recorded_result_and_ends_with_its_record(
+    store: RunStore,
+) -> None:
+    run = await created(store)
+    started = Event(tool_started=gateway_pb2.ToolStarted(attempt=1))
+    record = store.keys.result(TENANT, run.run_id, "c1")
+    began = await store.begin_call(
+        TENANT, run.run_id, "c1", started=("started:c1:1", started), record=record
+    )
+    assert began is True
+    assert set(await store.active_calls(TENANT, run.run_id)) == {"c1"}
+    # The result, its record and the call's end: one step.
+    assert await store.append_once(
+        TENANT, run.run_id, "finished:c1", delta("r"), record=(record, b"result", 60), end_call="c1"
+    )
+    assert await store.active_calls(TENANT, run.run_id) == {}
+    # A redelivered task: the call does not begin again, and its result comes back.
+    again = await store.begin_call(
+        TENANT, run.run_id, "c1", started=("started:c1:2", started), record=record
+    )
+    assert again == b"result"
+    assert await store.active_calls(TENANT, run.run_id) == {}
+    assert kinds(await events_of(store, run.run_id)).count("tool_started") == 1
+    # Even once the run was cancelled, the recorded result is what comes back.
+    await store.request_cancel(TENANT, run.run_id, "stop")
+    assert (
+        await store.begin_call(
+            TENANT, run.run_id, "c1", started=("started:c1:3", started), record=record
+        )
+        == b"result"
+    )
 
 
 # -- read_events -----------------------------------------------------------------------
