@@ -5,12 +5,13 @@ instrumentation and through agentflux, in one run.
 
 Hops (`--hop`): grpc, kafka, rabbitmq, redis, memcached, guard. Every hop measures its
 raw baseline, its stock baseline (gRPC, Kafka and RabbitMQ: the contrib instrumentation
-a user would install, plus the context headers agentflux carries, added by hand) and its
-agentflux variants in interleaved rounds (raw, stock, agentflux, ..., then the reverse
-order, and so on) after a warm-up, so the noise of a shared machine lands on all of them
-alike. The numbers to read are the ratios agentflux/raw and agentflux/stock from the same
-run; absolute times on a shared 2-core machine prove little. Everything the bench
-creates (topics, consumer groups, queues, exchanges, keys, span files) lives under a
+a user would install, plus the context headers agentflux carries, added by hand; Redis:
+the contrib instrumentation agentflux's own Redis tracing replaces) and its agentflux
+variants in interleaved rounds (raw, stock, agentflux, ..., then the reverse order, and
+so on) after a warm-up, so the noise of a shared machine lands on all of them alike. The
+numbers to read are the ratios agentflux/raw and agentflux/stock from the same run;
+absolute times on a shared 2-core machine prove little. Everything the bench creates
+(topics, consumer groups, queues, exchanges, keys, span files) lives under a
 `bench.<random>.` prefix or a temporary folder and is removed at the end, and every
 client is closed. See bench/README.md for what each hop compares."""
 
@@ -51,6 +52,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.aio_pika import AioPikaInstrumentor
 from opentelemetry.instrumentation.confluent_kafka import ConfluentKafkaInstrumentor
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -72,6 +74,7 @@ from interceptors import (
     instrument_caches,
     uninstrument_caches,
 )
+from interceptors._telemetry import RoutingTracerProvider
 from services.runtime.adapters.kafka import (
     KafkaConsumer,
     KafkaProducer,
@@ -118,12 +121,13 @@ class Plan:
 
 
 # Sized so that all hops took about 60 s (--quick: about 15 s) on a quiet 2-core machine
-# before the stock baselines, which make the gRPC, Kafka and RabbitMQ hops about a third longer.
+# before the stock baselines, which make the gRPC, Kafka and RabbitMQ hops about a third
+# longer (the Redis hop, with its stock and throughput rounds, takes about 30 s).
 PLANS: dict[str, Plan] = {
     "grpc": Plan(5000, 10, 300, burst=200, burst_rounds=6),
     "kafka": Plan(2000, 10, 30, burst=300, burst_rounds=6),
     "rabbitmq": Plan(2000, 10, 30, burst=300, burst_rounds=6),
-    "redis": Plan(20000, 10, 500),
+    "redis": Plan(20000, 10, 500, burst=200, burst_rounds=6),
     "memcached": Plan(20000, 10, 500),
     "guard": Plan(10000, 10, 300),
 }
@@ -131,7 +135,7 @@ QUICK_PLANS: dict[str, Plan] = {
     "grpc": Plan(1200, 6, 100, burst=100, burst_rounds=4),
     "kafka": Plan(400, 4, 10, burst=100, burst_rounds=2),
     "rabbitmq": Plan(400, 4, 10, burst=100, burst_rounds=2),
-    "redis": Plan(3000, 6, 100),
+    "redis": Plan(3000, 6, 100, burst=100, burst_rounds=4),
     "memcached": Plan(3000, 6, 100),
     "guard": Plan(1800, 6, 50),
 }
@@ -1560,19 +1564,46 @@ async def bench_rabbitmq(
 # -- 4. Redis and Memcached GET --------------------------------------------------------
 
 
-def _instrumented(name: str, op: Op, telemetry: Telemetry) -> Variant:
-    """`op` with the contrib instrumentation on during its rounds only (it patches the
-    client libraries process-wide, so the raw rounds run without it)."""
-    return Variant(name, op, enter=lambda: instrument_caches(telemetry), leave=uninstrument_caches)
+def _instrumented(name: str, op: Op, telemetry: Telemetry, burst: Burst | None = None) -> Variant:
+    """`op` with `instrument_caches` on during its rounds only (it patches the client
+    libraries process-wide, so the other variants' rounds run without it)."""
+    return Variant(
+        name, op, burst, enter=lambda: instrument_caches(telemetry), leave=uninstrument_caches
+    )
+
+
+class StockRedis:
+    """The contrib `opentelemetry-instrumentation-redis`, on during the stock rounds
+    only (it patches redis-py process-wide). Its spans go through the same routing
+    provider as agentflux's into a telemetry of their own, so the two differ only in
+    the wrapper around each command."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.provider = RoutingTracerProvider(telemetry)
+        self.instrumentor = RedisInstrumentor()
+
+    def instrument(self) -> None:
+        if not self.instrumentor.is_instrumented_by_opentelemetry:
+            self.instrumentor.instrument(
+                tracer_provider=self.provider, raise_exception_on_conflict=True
+            )
+
+    def uninstrument(self) -> None:
+        if self.instrumentor.is_instrumented_by_opentelemetry:
+            self.instrumentor.uninstrument()
 
 
 async def bench_redis(
     settings: Settings, plan: Plan, stack: AsyncExitStack, prefix: str
 ) -> HopResult:
     """GET of a 256-byte value with the project's redis-py asyncio client (hiredis):
-    bare vs with `instrument_caches` (a CLIENT span per command)."""
+    bare vs the contrib instrumentation (stock) vs `instrument_caches` (agentflux's
+    own wrapper), each a CLIENT span per command."""
     telemetry, counter = counting_telemetry(stack, "bench-cache")
+    stock_telemetry, stock_counter = counting_telemetry(stack, "bench-cache")
+    stock = StockRedis(stock_telemetry)
     stack.callback(uninstrument_caches)
+    stack.callback(stock.uninstrument)  # whatever a failed round left on
     client = redis_for(stack, settings, prefix)
     key = prefix + "value"
     await client.set(key, VALUE, ex=600)
@@ -1581,10 +1612,24 @@ async def bench_redis(
         if await client.get(key) is None:
             raise RuntimeError(f"{key} vanished")
 
-    variants = [Variant("raw", get, kind=RAW), _instrumented("instrument_caches", get, telemetry)]
+    async def burst(k: int) -> None:
+        # More than the pool's connections: the rest wait for one, in every variant.
+        await asyncio.gather(*(get() for _ in range(k)))
+
+    variants = [
+        Variant("raw", get, burst, kind=RAW),
+        Variant("stock", get, burst, enter=stock.instrument, leave=stock.uninstrument, kind=STOCK),
+        _instrumented("instrument_caches", get, telemetry, burst),
+    ]
     notes: dict[str, Any] = {}
-    result = await run_hop("redis", "redis GET", variants, plan, notes)
-    record_spans(result, {"instrument_caches": exported(telemetry, counter)})
+    result = await run_hop("redis", "redis GET", variants, plan, notes, stock="stock")
+    record_spans(
+        result,
+        {
+            "stock": exported(stock_telemetry, stock_counter),
+            "instrument_caches": exported(telemetry, counter),
+        },
+    )
     return result
 
 
@@ -1910,9 +1955,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.hops",
         description="Each agentflux hop beside the same hop done by bare clients and, for "
-        "gRPC, Kafka and RabbitMQ, with the stock OpenTelemetry instrumentation, interleaved "
-        "in one run; prints p50/p99, throughput and CPU per operation, and the ratios "
-        "agentflux/raw and agentflux/stock.",
+        "gRPC, Kafka, RabbitMQ and Redis, with the stock OpenTelemetry instrumentation, "
+        "interleaved in one run; prints p50/p99, throughput and CPU per operation, and the "
+        "ratios agentflux/raw and agentflux/stock.",
     )
     parser.add_argument(
         "--quick",
