@@ -224,3 +224,40 @@ def test_spans_written_after_a_torn_line_are_kept(store: Path) -> None:
     finally:
         restarted.shutdown()
     assert [s["name"] for s in read_spans(store)] == ["before", "after"]
+
+
+def test_a_store_cleared_or_replaced_under_a_running_writer_gets_the_next_spans(
+    store: Path,
+) -> None:
+    telemetry = Telemetry.create("gateway", span_store=store, batch_delay_ms=50)
+    try:
+        with telemetry.tracer.start_as_current_span("first"):
+            pass
+        assert telemetry.flush()
+        (path,) = store.glob("spans-*.jsonl")
+        # A torn line from another process, while this writer holds the file open.
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write('{"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f0')
+        with telemetry.tracer.start_as_current_span("second"):
+            pass
+        assert telemetry.flush()
+        assert [s["name"] for s in read_spans(store)] == ["first", "second"]
+
+        # The store is cleared (folder and all): the writer makes it again.
+        path.unlink()
+        store.rmdir()
+        with telemetry.tracer.start_as_current_span("after clearing"):
+            pass
+        assert telemetry.flush()
+        assert [s["name"] for s in read_spans(store)] == ["after clearing"]
+
+        # The file is replaced by another one: the writer appends to the new one.
+        replacement = store / "replacement"
+        replacement.write_text("")
+        replacement.replace(path)
+        with telemetry.tracer.start_as_current_span("after replacing"):
+            pass
+        assert telemetry.flush()
+        assert [s["name"] for s in read_spans(store)] == ["after replacing"]
+    finally:
+        telemetry.shutdown()
