@@ -26,7 +26,6 @@ import asyncio
 import contextvars
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -35,6 +34,8 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from opentelemetry import context as otel_context
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY as _SUPPRESS
+
+from interceptors._context import random_bytes16
 
 __all__ = ["MAX_KEY_LENGTH", "Claim", "GuardStats", "IdempotencyGuard"]
 
@@ -255,7 +256,7 @@ class IdempotencyGuard:
         """Claims `key`, or reports it as a duplicate (finished or pending) with its
         record: one `SET NX GET` round trip."""
         rkey = self.redis_key(key)
-        marker = _PENDING + uuid.uuid4().bytes
+        marker = _PENDING + random_bytes16()
         if not self.batching:
             old = await self._redis.set(rkey, marker, nx=True, get=True, px=self._lease_ms)
             return self._answer(key, marker, cast("bytes | None", old))
@@ -292,7 +293,7 @@ class IdempotencyGuard:
     async def begin_many(self, keys: Sequence[str]) -> list[Claim]:
         """`begin` for each key, in one pipelined round trip (a batch of records)."""
         rkeys = [self.redis_key(k) for k in keys]
-        markers = [_PENDING + uuid.uuid4().bytes for _ in keys]
+        markers = [_PENDING + random_bytes16() for _ in keys]
         async with self._redis.pipeline(transaction=False) as pipe:
             for rkey, marker in zip(rkeys, markers, strict=True):
                 pipe.set(rkey, marker, nx=True, get=True, px=self._lease_ms)

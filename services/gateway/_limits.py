@@ -11,13 +11,12 @@ window: the earliest moment a retry can succeed."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from interceptors import ResourceExhausted, Unavailable
+from interceptors import ResourceExhausted, Unavailable, new_id
 from services.runtime.config import Settings
 from services.runtime.keys import Keys
 
@@ -58,7 +57,7 @@ class RateLimiter:
         try:
             got: Any = await self._script(
                 keys=[self.keys.rate(tenant)],
-                args=[self.limit, self.window_ms, uuid.uuid4().hex],
+                args=[self.limit, self.window_ms, new_id()],
             )
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise Unavailable("the rate limiter (Redis) is unreachable", retry_after=1.0) from exc

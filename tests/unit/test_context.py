@@ -3,13 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import os
 import re
 import time
+import uuid
 
 import pytest
 
 from interceptors._context import FluxContext, bind, check_id, current, new_id
 from interceptors._errors import ContextValueError, InvalidArgument
+
+
+def test_new_ids_are_version_4_uuids_across_pages_and_threads() -> None:
+    # Several pages of the random pool, from threads at once: every id is unique.
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        batches = list(pool.map(lambda _: [new_id() for _ in range(600)], range(4)))
+    ids = [i for batch in batches for i in batch]
+    assert len(set(ids)) == len(ids)
+    for value in ids[:50]:
+        parsed = uuid.UUID(hex=value)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert parsed.hex == value
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_mints_other_ids_than_its_parent() -> None:
+    new_id()  # the parent holds a page of random bytes
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.close(read)
+        os.write(write, " ".join(new_id() for _ in range(8)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        child = fh.read().split()
+    os.waitpid(pid, 0)
+    parent = [new_id() for _ in range(8)]
+    assert len(child) == 8
+    assert not set(child) & set(parent)
 
 
 def test_new_ids_are_fresh_and_pass_their_own_check() -> None:
