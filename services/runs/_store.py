@@ -282,14 +282,10 @@ class RunStore:
             pipe.lrange(self.keys.memory(tenant, conversation_id), 0, _MEMORY - 1)
             if session:
                 pipe.hgetall(self.keys.session(tenant, conversation_id))
+            running_at = len(pipe)
             if running_step is not None:
-                call = ScriptCall(
-                    self._running,
-                    [self.keys.run(tenant, run_id)],
-                    [running_step, _now_ms()],
-                )
-                scripts.append((len(pipe), call))
-                queue(pipe, call)
+                scripts.append((running_at, self._running_call(tenant, run_id, running_step)))
+                queue(pipe, scripts[-1][1])
             earlier_at = len(pipe)
             for step in range(earlier_than):
                 pipe.hvals(self.keys.step(tenant, run_id, step))
@@ -302,7 +298,7 @@ class RunStore:
         step_results = None
         if record is not None:
             step_results = _results(got[0])
-        running = None if running_step is None else bool(got[scripts[-1][0]])
+        running = None if running_step is None else bool(got[running_at])
         earlier = _earlier(got[earlier_at : earlier_at + earlier_than])
         fields = cast("dict[bytes, bytes]", got[at])
         if not fields:
@@ -385,8 +381,10 @@ class RunStore:
 
     async def set_running(self, tenant: str, run_id: str, step: int) -> bool:
         """Marks the run RUNNING at `step`; False when it ended (or is unknown)."""
-        done = await self._running(keys=[self.keys.run(tenant, run_id)], args=[step, _now_ms()])
-        return bool(done)
+        return bool(await self._running_call(tenant, run_id, step).run())
+
+    def _running_call(self, tenant: str, run_id: str, step: int) -> ScriptCall:
+        return ScriptCall(self._running, [self.keys.run(tenant, run_id)], [step, _now_ms()])
 
     async def add_once(self, tenant: str, run_id: str, marker: str, **counts: int) -> list[int]:
         """Adds `counts` to the run's counters once per `marker`; returns their totals
