@@ -9,14 +9,14 @@ A claim is one `SET key marker NX GET PX lease` (NX with GET needs Redis 7.0): o
 trip either claims the key or returns the record already there, finished or pending.
 No Bloom filter sits in front of it: a filter's "no" would save nothing (the claim is a
 round trip either way) and its "maybe" costs an extra read; `bench/guard.py` measures
-both. A batch claims all its keys in one pipelined round trip (`begin_many`), and with
+both. A batch claims all its keys in one round trip (`begin_many`: one script), and with
 `batching` on (the default) so do concurrent callers: claims, outcomes and releases asked
 for while a round trip is in flight go out together in the next one, so a consumer
 handling many records at once pays one round trip per batch, not per record.
 
 Leases are short and renewed while the handler works (`heartbeat`), so a handler that
 crashed frees its key within one lease while a slow live one keeps it. One ticker per
-guard renews every held key in one pipelined round trip, instead of a task per key. A
+guard renews every held key in one round trip, instead of a task per key. A
 failed or cancelled handler releases its claim (compare-and-delete: a claim that expired
 and was taken by another handler is left alone) and a redelivery is handled again."""
 
@@ -59,6 +59,36 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
+"""
+# A batch of the operations above in one command: KEYS are the records; ARGV[1] the
+# lease, ARGV[2] the outcome TTL (ms), then an (operation, value) pair per key. One
+# EVALSHA instead of a pipeline of N commands: redis-py packs and parses each command
+# of a pipeline in Python (~70 µs of CPU per command here), an argument costs ~2.
+# `pcall`, so that a bad key (WRONGTYPE) fails only its own entry, as in a pipeline.
+_BATCH = """
+local out = {}
+for i = 1, #KEYS do
+  local key, op, value = KEYS[i], ARGV[2 * i + 1], ARGV[2 * i + 2]
+  local r
+  if op == 'c' then
+    r = redis.pcall('SET', key, value, 'NX', 'GET', 'PX', ARGV[1])
+  elseif op == 'd' then
+    r = redis.pcall('SET', key, value, 'PX', ARGV[2])
+  else
+    r = redis.pcall('GET', key)
+    if r == value then
+      if op == 'r' then
+        r = redis.pcall('DEL', key)
+      else
+        r = redis.pcall('PEXPIRE', key, ARGV[1])
+      end
+    elseif type(r) ~= 'table' or r.err == nil then
+      r = 0
+    end
+  end
+  out[i] = r
+end
+return out
 """
 
 
@@ -111,6 +141,7 @@ def _ms(seconds: float, name: str) -> int:
 
 # Operations the pipeliner sends: (kind, redis key, value).
 _CLAIM, _DONE_OP, _RELEASE_OP, _RENEW_OP = range(4)
+_OP_NAMES = (b"c", b"d", b"r", b"n")  # each kind's name in `_BATCH`
 _MAX_BATCH = 512
 _Op = tuple[int, str, bytes, "asyncio.Future[Any]", "contextvars.Context | None"]
 
@@ -146,7 +177,7 @@ class _Pipeliner:
     async def _drain(self) -> None:
         batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
         try:
-            results = await self._guard._send(batch)
+            results = await self._guard._send([op[:3] for op in batch])
         except BaseException as exc:
             for _, _, _, future, _ in batch:
                 if future.done():
@@ -217,6 +248,7 @@ class IdempotencyGuard:
         self._lease_ms = _ms(lease_s, "lease_s")
         self._release = redis.register_script(_RELEASE)
         self._renew = redis.register_script(_RENEW)
+        self._batch = redis.register_script(_BATCH)
         # The pending marker of each claim this guard holds, for compare-and-delete; an
         # entry lives until `complete` or `release`, which every `new` claim must reach.
         self._held: dict[str, bytes] = {}
@@ -265,20 +297,20 @@ class IdempotencyGuard:
         old = await self._pipeliner.submit(_CLAIM, rkey, marker)
         return self._answer(key, marker, cast("bytes | None", old))
 
-    async def _send(self, batch: Sequence[_Op]) -> list[Any]:
+    async def _send(self, batch: Sequence[tuple[int, str, bytes]]) -> list[Any]:
         """One round trip for `batch` (a lone claim or outcome as a plain command, since
-        a pipeline of one costs more); errors come back per command, in order."""
+        a script costs more than one command); errors come back per operation, in order."""
         if len(batch) == 1:
-            kind, rkey, value, _, _ = batch[0]
+            kind, rkey, value = batch[0]
             try:
                 return [await self._command(self._redis, kind, rkey, value)]
-            except aioredis.ResponseError as exc:  # as a pipeline reports it
+            except aioredis.ResponseError as exc:  # as in a batch
                 return [exc]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for kind, rkey, value, _, _ in batch:
-                await self._command(pipe, kind, rkey, value)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-            return results
+        args: list[Any] = [self._lease_ms, self._ttl_ms]
+        for kind, _, value in batch:
+            args += (_OP_NAMES[kind], value)
+        results: list[Any] = await self._batch(keys=[op[1] for op in batch], args=args)
+        return results
 
     async def _command(self, client: Any, kind: int, rkey: str, value: bytes) -> Any:
         """One operation on `client` (a pipeline queues it; the client sends it)."""
@@ -291,16 +323,22 @@ class IdempotencyGuard:
         return await self._renew(keys=[rkey], args=[value, self._lease_ms], client=client)
 
     async def begin_many(self, keys: Sequence[str]) -> list[Claim]:
-        """`begin` for each key, in one pipelined round trip (a batch of records)."""
-        rkeys = [self.redis_key(k) for k in keys]
-        markers = [_PENDING + random_bytes16() for _ in keys]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for rkey, marker in zip(rkeys, markers, strict=True):
-                pipe.set(rkey, marker, nx=True, get=True, px=self._lease_ms)
-            olds = await pipe.execute()
+        """`begin` for each key, in one round trip (a batch of records); raises the
+        first key's error when Redis refused any claim (then none is taken here)."""
+        ops = [(_CLAIM, self.redis_key(k), _PENDING + random_bytes16()) for k in keys]
+        olds = await self._send(ops)
+        for old in olds:
+            if isinstance(old, Exception):
+                # Claims that were made are given back, so the batch can be asked again.
+                made = [
+                    (_RELEASE_OP, r, m) for (_, r, m), o in zip(ops, olds, strict=True) if o is None
+                ]
+                if made:
+                    await self._send(made)
+                raise old
         return [
-            self._answer(k, m, cast("bytes | None", o))
-            for k, m, o in zip(keys, markers, olds, strict=True)
+            self._answer(k, marker, cast("bytes | None", o))
+            for k, (_, _, marker), o in zip(keys, ops, olds, strict=True)
         ]
 
     async def settle(self, key: str, *, max_wait_s: float | None = None) -> Claim:

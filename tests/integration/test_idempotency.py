@@ -597,6 +597,53 @@ async def test_one_bad_command_in_a_batch_fails_only_its_caller(
     assert [r.new for r in (results[0], results[2])] == [True, True]  # type: ignore[union-attr]
 
 
+async def test_a_batch_of_every_kind_answers_each_in_one_round_trip(
+    client: aioredis.Redis, prefix: str
+) -> None:
+    guard = CountingGuard(client, namespace=f"{prefix}svc")
+    other = make_guard(client, prefix)
+    for key in ("held-1", "held-2", "renewed", "taken-1", "taken-2"):
+        assert (await guard.begin(key)).new
+    # Held here, but expired and taken by another handler meanwhile.
+    for key in ("taken-1", "taken-2"):
+        await client.set(guard.redis_key(key), b"Pnot-this-guards-token")
+    assert (await other.begin("theirs")).new
+    await other.complete("done-before", b"kept")
+    guard.sent.clear()
+    # Claims (new, finished, pending), an outcome, releases (own and not own) and
+    # renewals (own and not own) asked for in one turn of the loop.
+    results = await asyncio.gather(
+        guard.begin("fresh"),
+        guard.begin("done-before"),
+        guard.begin("theirs"),
+        guard.complete("held-1", b"out"),
+        guard.release("held-2"),
+        guard.renew("renewed"),
+        guard.renew("taken-1"),
+        guard.release("taken-2"),
+    )
+    assert guard.sent == [8], guard.sent  # all eight together
+    fresh, done, theirs, _, released, renewed, renewed_taken, released_taken = results
+    assert (fresh.new, fresh.pending) == (True, False)
+    assert (done.new, done.outcome) == (False, b"kept")
+    assert (theirs.new, theirs.pending) == (False, True)
+    assert (released, renewed, renewed_taken, released_taken) == (True, True, False, False)
+    for key in ("taken-1", "taken-2"):  # left as the other handler wrote them
+        assert await stored(client, guard, key) == b"Pnot-this-guards-token"
+    assert await stored(client, guard, "held-1") == b"Dout"
+    assert await stored(client, guard, "held-2") is None
+    assert 0 < await client.pttl(guard.redis_key("renewed")) <= guard.lease_s * 1000
+
+
+async def test_a_batch_after_redis_lost_its_scripts(client: aioredis.Redis, prefix: str) -> None:
+    guard = make_guard(client, prefix)
+    await client.script_flush()  # a restarted Redis has no scripts cached
+    claims = await asyncio.gather(*(guard.begin(f"after-flush-{i}") for i in range(10)))
+    assert all(c.new for c in claims)
+    await asyncio.gather(*(guard.complete(f"after-flush-{i}", b"ok") for i in range(10)))
+    assert [await stored(client, guard, f"after-flush-{i}") for i in range(10)] == [b"Dok"] * 10
+
+
 async def test_a_claim_cancelled_on_the_wire_is_given_back(
     client: aioredis.Redis, prefix: str
 ) -> None:
