@@ -60,6 +60,18 @@ def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
     }
 
 
+# One lock per store folder for the whole process: each service of a process has an
+# exporter of its own, and a torn-line check (size, last byte) racing another exporter's
+# append would see that append half done and end it with a needless blank line.
+_FOLDER_LOCKS: dict[Path, threading.Lock] = {}
+_FOLDER_LOCKS_LOCK = threading.Lock()
+
+
+def _folder_lock(folder: Path) -> threading.Lock:
+    with _FOLDER_LOCKS_LOCK:
+        return _FOLDER_LOCKS.setdefault(folder.absolute(), threading.Lock())
+
+
 class JsonLinesSpanExporter(SpanExporter):
     """Appends spans to the day's JSON-lines file in `folder`.
 
@@ -71,7 +83,7 @@ class JsonLinesSpanExporter(SpanExporter):
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._lock = threading.Lock()
+        self._lock = _folder_lock(folder)
         self._fd: int | None = None
         self._path: Path | None = None
 

@@ -17,6 +17,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.trace import Link, SpanKind, format_span_id, format_trace_id
 
 from interceptors import Telemetry
+from interceptors._spanstore import JsonLinesSpanExporter
 from services.cli.spans import read_spans
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -261,3 +262,37 @@ def test_a_store_cleared_or_replaced_under_a_running_writer_gets_the_next_spans(
         assert [s["name"] for s in read_spans(store)] == ["after replacing"]
     finally:
         telemetry.shutdown()
+
+
+def test_exporters_of_one_process_append_whole_lines_side_by_side(store: Path) -> None:
+    # Each service of a process exports to the same file from its own thread. An append
+    # seen half done by another exporter's torn-line check used to add a blank line.
+    telemetry = Telemetry.create("gateway")
+    try:
+        spans = []
+        for i in range(50):
+            with telemetry.tracer.start_as_current_span(
+                f"s{i}", attributes={"pad": "x" * 2000}
+            ) as s:
+                pass
+            spans.append(s)
+    finally:
+        telemetry.shutdown()
+    exporters = [JsonLinesSpanExporter(store) for _ in range(4)]
+
+    def export(exporter: JsonLinesSpanExporter) -> None:
+        for _ in range(100):
+            exporter.export(spans)
+
+    threads = [threading.Thread(target=export, args=(e,)) for e in exporters]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for e in exporters:
+        e.shutdown()
+    (path,) = store.glob("spans-*.jsonl")
+    lines = path.read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == ""  # ends with a newline
+    assert [n for n, line in enumerate(lines[:-1]) if not line.strip()] == []
+    assert len(lines) - 1 == 4 * 100 * 50
