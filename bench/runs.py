@@ -2,7 +2,7 @@
 clients, in one run.
 
     .venv/bin/python -m bench.runs [--quick] [--rate R] [--knee | --no-knee]
-                                   [--no-sampled-out] [--json PATH]
+                                   [--no-sampled-out] [--split] [--json PATH]
 
 **agentflux**: the five services in one `agentflux serve` subprocess, in a namespace of
 their own (`bench-<random>.`: a namespace is one label), with their own gRPC ports, index
@@ -15,11 +15,13 @@ produces the result to Kafka, a consumer that appends the answer to a Redis stre
 (XADD), and a grpc.aio `StreamRun` that waits on that stream with XREAD BLOCK. Its names
 live under `bench.<random>.`. **sampled out** (unless `--no-sampled-out`): a second
 `agentflux serve` with the same settings but AGENTFLUX_TRACE_SAMPLE_RATIO=0, in the
-namespace `bench-<random>-s.` with a folder of its own, so its runs record no spans. Every
-side is one process of services with the client in this process, so all pay the same
-process boundary, and the client is the same bare grpc.aio stub for all: Submit("what is
-6*7"), then StreamRun until `finished`, both with the bench's API key (the gateway
-requires one; the bare chain ignores it). The run latency is Submit -> `finished`
+namespace `bench-<random>-s.` with a folder of its own, so its runs record no spans.
+**agentflux, a process per service** (`--split`, in the knee only): the same mesh as five
+`agentflux serve <service>` processes in `bench-<random>-p.`, started when the knee starts.
+Every other side is one process of services with the client in this process, so all pay
+the same process boundary, and the client is the same bare grpc.aio stub for all:
+Submit("what is 6*7"), then StreamRun until `finished`, both with the bench's API key
+(the gateway requires one; the bare chain ignores it). The run latency is Submit -> `finished`
 received.
 
 Four measurements, each in interleaved rounds (bare, agentflux, sampled out, then the
@@ -49,6 +51,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import functools
 import gc
 import itertools
 import json
@@ -177,6 +180,9 @@ RATE_LIMIT = 1_000_000_000
 
 # The sides, as named in the tables and the JSON.
 BARE, FLUX, SAMPLED = "bare", "agentflux", "sampled out"
+SPLIT = "agentflux, a process per service"
+# What `agentflux serve <service>` starts, one process each on the SPLIT side.
+SERVICES = ("gateway", "planner", "worker", "composer", "indexer")
 
 
 # -- the bare chain (runs in a helper process: --bare-chain) -------------------------------
@@ -612,6 +618,32 @@ class Child:
             return await asyncio.to_thread(self.popen.wait, 10)
 
 
+@dataclass
+class ChildGroup:
+    """Several subprocesses as one side (a mesh of one process per service): ready when
+    all are, their CPU summed, stopped together."""
+
+    name: str
+    children: list[Child]
+
+    def output(self) -> str:
+        return "\n".join(f"[{c.name}]\n{c.output()}" for c in self.children)
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(f"[{c.name}]\n{c.tail(lines)}" for c in self.children)
+
+    async def ready(self, timeout: float = READY_TIMEOUT_S) -> str:
+        lines = await asyncio.gather(*(c.ready(timeout) for c in self.children))
+        return f"{self.name}: " + "; ".join(ln.removeprefix("ready: ") for ln in lines)
+
+    def cpu_s(self) -> float:
+        return sum(c.cpu_s() for c in self.children)
+
+    async def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        codes = await asyncio.gather(*(c.stop(timeout) for c in self.children))
+        return next((code for code in codes if code != 0), 0)
+
+
 def stack_pids(settings: Settings) -> dict[str, int]:
     """Pids of the local stack's processes (for their CPU time; read only)."""
     files = {
@@ -680,7 +712,7 @@ class Side:
     """One side of the comparison: its process and a bare client channel to it."""
 
     name: str
-    proc: Child
+    proc: Child | ChildGroup
     channel: grpc.aio.Channel
     strict: bool  # check the stream as the contract says: joined deltas == answer
     # The API key every call presents, on every side alike (the bare gateway ignores it).
@@ -1620,7 +1652,7 @@ async def start_sides(
     folder: Path,
     namespaces: Sequence[str],
     bare: BareNames,
-    procs: list[Child],
+    procs: list[Child | ChildGroup],
     key: str,
 ) -> list[Side]:
     """The processes (bare, agentflux, and sampled out when there is a second
@@ -1661,6 +1693,33 @@ async def start_sides(
     return sides
 
 
+async def start_split_side(
+    stack: AsyncExitStack, folder: Path, ns: str, procs: list[Child | ChildGroup], key: str
+) -> Side:
+    """The mesh as a process per service (`agentflux serve <service>` each) in namespace
+    `ns`, waited for; a client channel to its gateway. Started only when the knee starts,
+    so that its idle processes take nothing from the phases before."""
+    home = folder / "split"
+    home.mkdir()
+    port = free_port()
+    # The same settings for every process: each binds only its own service's port (the
+    # gateway's, the indexer's; a health port of its own is picked free).
+    env = mesh_env(ns, port, free_port(), home, f"{BARE_TENANT}:{digest_of(key)}", None)
+    children = [
+        Child.start(f"agentflux serve {svc}", [AGENTFLUX, "serve", svc], env, home / f"{svc}.log")
+        for svc in SERVICES
+    ]
+    group = ChildGroup("agentflux serve, a process per service", children)
+    procs.append(group)
+    stack.push_async_callback(group.stop)
+    t0 = time.monotonic()
+    line = await group.ready()
+    log(f"{SPLIT} ready in {time.monotonic() - t0:.1f} s:\n  {line}")
+    channel = grpc.aio.insecure_channel(f"{LOOPBACK}:{port}")
+    stack.push_async_callback(channel.close)
+    return Side(SPLIT, group, channel, True, key_metadata(key))
+
+
 @dataclass
 class Findings:
     """Everything a run of the bench found, for the report and the JSON."""
@@ -1683,10 +1742,12 @@ async def measure_all(
     rate: float,
     pids: dict[str, int],
     found: Findings,
+    split: Callable[[], Awaitable[Side]] | None = None,
 ) -> None:
     k = plan.in_flight
     # The open loop at one rate and the knee compare bare with agentflux only; the
     # sampled-out side is there to be set beside both, one at a time and in a closed loop.
+    # The process-per-service side (`split`: starts it) takes part in the knee only.
     two = [s for s in sides if s.name in (BARE, FLUX)]
     log(f"warm-up: {plan.warmup} runs one at a time, then {2 * k} with {k} in flight, per side")
     for side in sides:
@@ -1708,20 +1769,28 @@ async def measure_all(
         results["closed"] = await closed_loop(sides, plan, pids)
         _progress("closed loop", results["closed"])
     if knee_plan is not None:
-        if only_knee:
+        knee_sides = list(two)
+        cold = list(two) if only_knee else []
+        if split is not None:
+            side = await split()
+            await warm_up(side, plan)
+            knee_sides.append(side)
+            cold.append(side)
+        if cold:
             # In a full run the knee comes after minutes of the other phases; alone, the
             # mesh is minutes younger, and its first steps came out up to twice as slow
             # as its later ones (a baseline set that high hides the knee). An unmeasured
             # round at the first rate first, as long as a step, warms it the same way.
             n = step_runs(knee_plan, knee_plan.start, first=True)
-            log(f"knee warm-up: {n} runs at {knee_plan.start:g} runs/s per side, unmeasured")
-            for side in two:
+            names = ", ".join(side.name for side in cold)
+            log(f"knee warm-up: {n} runs at {knee_plan.start:g} runs/s ({names}), unmeasured")
+            for side in cold:
                 await open_round(side, knee_plan.start, n, refusable)
         log(
             f"knee: open-loop steps from {knee_plan.start:g} runs/s, x{knee_plan.factor:g} each, "
             f"up to {knee_plan.cap:g}, for at most {knee_plan.budget_s:g} s"
         )
-        await knee(two, knee_plan, found.sweeps)
+        await knee(knee_sides, knee_plan, found.sweeps)
         for name, sweep in found.sweeps.items():
             log(f"  {name}: knee {_knee_text(sweep, knee_plan.start)} ({sweep.stopped})")
 
@@ -1764,6 +1833,7 @@ async def run(args: argparse.Namespace) -> int:
     sampled = args.sampled_out and not only_knee  # it takes part in no step of the knee
     if sampled:
         namespaces.append(f"bench-{token}-s.")  # not under `ns`: nor is `ns` under it
+    split_ns = f"bench-{token}-p." if args.split and knee_plan is not None else None
     bare = BareNames(f"bench.{token}.")
     started = datetime.now(UTC)
     problems = await preflight(settings, ("kafka", "rabbitmq", "redis", "memcached"))
@@ -1788,12 +1858,18 @@ async def run(args: argparse.Namespace) -> int:
     async with AsyncExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentflux-bench-")))
         # After every process stopped (the stack unwinds in reverse).
-        stack.push_async_callback(clean_up, settings, namespaces, bare)
-        procs: list[Child] = []
+        stack.push_async_callback(
+            clean_up, settings, [*namespaces, *([split_ns] if split_ns else [])], bare
+        )
+        procs: list[Child | ChildGroup] = []
         try:
             await declare_bare(settings, bare)
-            sides = await start_sides(stack, folder, namespaces, bare, procs, new_key())
-            await measure_all(sides, plan, knee_plan, only_knee, rate, pids, found)
+            key = new_key()
+            sides = await start_sides(stack, folder, namespaces, bare, procs, key)
+            split: Callable[[], Awaitable[Side]] | None = None
+            if split_ns is not None:
+                split = functools.partial(start_split_side, stack, folder, split_ns, procs, key)
+            await measure_all(sides, plan, knee_plan, only_knee, rate, pids, found, split)
         except Exception as exc:
             failures.append(f"{type(exc).__name__}: {exc}")
             log(f"FAILED: {failures[-1]}")
@@ -1867,6 +1943,11 @@ def knee_report(sweeps: dict[str, Sweep], plan: KneePlan) -> list[str]:
             f"Knee: bare {_knee_text(sweeps[BARE], plan.start)}, agentflux "
             f"{_knee_text(sweeps[FLUX], plan.start)}; agentflux/bare {knee_ratio(sweeps)}.",
         ]
+    if SPLIT in sweeps:
+        parts.append(
+            f"The same mesh as a process per service: {_knee_text(sweeps[SPLIT], plan.start)} "
+            "(its CPU column sums the five processes)."
+        )
     return parts
 
 
@@ -1994,7 +2075,7 @@ def to_json(
         "answer": ANSWER,
         "sides": [
             n
-            for n in (BARE, FLUX, SAMPLED)
+            for n in (BARE, FLUX, SAMPLED, SPLIT)
             if n in found.sweeps or any(n in p for p in found.results.values())
         ],
         "mesh_settings": {
@@ -2065,6 +2146,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=True,
         help="a third side: `agentflux serve` with AGENTFLUX_TRACE_SAMPLE_RATIO=0, one at a "
         "time and in the closed loop (default: on)",
+    )
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="in the knee, a third side: the same mesh as a process per service "
+        "(`agentflux serve <service>` each), started when the knee starts",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
     # The helper process of the baseline (started by the bench itself).
