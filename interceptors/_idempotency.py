@@ -215,11 +215,6 @@ def _settled() -> asyncio.Future[Any]:
     return future
 
 
-async def _awaited(result: Any) -> Any:
-    """A client's command is a coroutine; a pipeline's returns the pipeline itself."""
-    return await result if asyncio.iscoroutine(result) else result
-
-
 class IdempotencyGuard:
     """Claims idempotency keys for one consumer (see the module doc).
 
@@ -303,7 +298,7 @@ class IdempotencyGuard:
         if len(batch) == 1:
             kind, rkey, value = batch[0]
             try:
-                return [await self._command(self._redis, kind, rkey, value)]
+                return [await self._command(kind, rkey, value)]
             except aioredis.ResponseError as exc:  # as in a batch
                 return [exc]
         args: list[Any] = [self._lease_ms, self._ttl_ms]
@@ -312,19 +307,21 @@ class IdempotencyGuard:
         results: list[Any] = await self._batch(keys=[op[1] for op in batch], args=args)
         return results
 
-    async def _command(self, client: Any, kind: int, rkey: str, value: bytes) -> Any:
-        """One operation on `client` (a pipeline queues it; the client sends it)."""
+    async def _command(self, kind: int, rkey: str, value: bytes) -> Any:
+        """One operation as a command of its own."""
         if kind == _CLAIM:
-            return await _awaited(client.set(rkey, value, nx=True, get=True, px=self._lease_ms))
+            return await self._redis.set(rkey, value, nx=True, get=True, px=self._lease_ms)
         if kind == _DONE_OP:
-            return await _awaited(client.set(rkey, value, px=self._ttl_ms))
+            return await self._redis.set(rkey, value, px=self._ttl_ms)
         if kind == _RELEASE_OP:
-            return await self._release(keys=[rkey], args=[value], client=client)
-        return await self._renew(keys=[rkey], args=[value, self._lease_ms], client=client)
+            return await self._release(keys=[rkey], args=[value])
+        return await self._renew(keys=[rkey], args=[value, self._lease_ms])
 
     async def begin_many(self, keys: Sequence[str]) -> list[Claim]:
         """`begin` for each key, in one round trip (a batch of records); raises the
         first key's error when Redis refused any claim (then none is taken here)."""
+        if not keys:
+            return []
         ops = [(_CLAIM, self.redis_key(k), _PENDING + random_bytes16()) for k in keys]
         olds = await self._send(ops)
         for old in olds:
