@@ -1851,6 +1851,8 @@ async def run(args: argparse.Namespace) -> int:
     )
     if args.sampled_out and only_knee:
         log("  (no sampled-out side: it is measured one at a time and in the closed loop)")
+    if args.split and knee_plan is None:
+        log("  (--split is a side of the knee, which --no-knee leaves out: not started)")
     pids = stack_pids(settings)
     found = Findings()
     failures = found.failures
