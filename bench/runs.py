@@ -89,6 +89,7 @@ from confluent_kafka.admin import AdminClient
 from google.protobuf import struct_pb2
 
 from bench.hops import Stats, _drop_rabbit, _markdown, log, preflight, purge_redis
+from services.cli import SERVICE_NAMES
 from services.runtime.adapters.kafka import consumer_config, producer_config
 from services.runtime.adapters.rabbitmq import PROTOBUF
 from services.runtime.apikeys import digest_of, new_key
@@ -181,8 +182,6 @@ RATE_LIMIT = 1_000_000_000
 # The sides, as named in the tables and the JSON.
 BARE, FLUX, SAMPLED = "bare", "agentflux", "sampled out"
 SPLIT = "agentflux, a process per service"
-# What `agentflux serve <service>` starts, one process each on the SPLIT side.
-SERVICES = ("gateway", "planner", "worker", "composer", "indexer")
 
 
 # -- the bare chain (runs in a helper process: --bare-chain) -------------------------------
@@ -1707,7 +1706,7 @@ async def start_split_side(
     env = mesh_env(ns, port, free_port(), home, f"{BARE_TENANT}:{digest_of(key)}", None)
     children = [
         Child.start(f"agentflux serve {svc}", [AGENTFLUX, "serve", svc], env, home / f"{svc}.log")
-        for svc in SERVICES
+        for svc in SERVICE_NAMES  # what `agentflux serve <service>` takes, one process each
     ]
     group = ChildGroup("agentflux serve, a process per service", children)
     procs.append(group)
