@@ -27,7 +27,15 @@ from services.runtime.topology import TopicSpec, ensure_kafka_topics
 from services.stack._errors import StackError
 from services.stack._install import DEPLOY_DIR, Say, ensure_kafka_jars, java_major
 
-__all__ = ["Kafka", "Memcached", "RabbitMQ", "Redis", "Service", "all_services"]
+__all__ = [
+    "Kafka",
+    "Memcached",
+    "RabbitMQ",
+    "Redis",
+    "Service",
+    "all_services",
+    "kafka_cluster_id",
+]
 
 _READY_TOPIC = "__agentflux_ready"
 
@@ -225,6 +233,16 @@ class RabbitMQ(Service):
         )
 
 
+def kafka_cluster_id() -> str:
+    """A KRaft cluster id: a random UUID in URL-safe base64, as `kafka-storage
+    random-uuid` makes one. Like Kafka's own, never one that begins with "-": a command
+    line reads it as an option (1 id in 64 did, and formatting the storage failed)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class Kafka(Service):
     """Single-node KRaft Kafka from Maven Central jars, heap capped."""
 
@@ -280,7 +298,7 @@ class Kafka(Service):
         if not (self.data / "meta.properties").is_file():
             say("kafka: formatting KRaft storage")
 
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = kafka_cluster_id()
             done = subprocess.run(
                 [
                     "java",
@@ -289,8 +307,8 @@ class Kafka(Service):
                     "kafka.tools.StorageTool",
                     "format",
                     "--standalone",
-                    "-t",
-                    cluster_id,
+                    # `=`: an id that began with "-" would be read as an option.
+                    f"--cluster-id={cluster_id}",
                     "-c",
                     str(props),
                 ],
