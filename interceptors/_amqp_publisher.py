@@ -11,7 +11,7 @@ from opentelemetry.trace import SpanKind
 from interceptors._carriers import AMQP
 from interceptors._context import FluxContext
 from interceptors._propagation import cloud_event, emitted_context, inject
-from interceptors._spans import context_attributes, messaging_attributes
+from interceptors._spans import sent_attributes
 from interceptors._telemetry import Telemetry
 from services.runtime.adapters.rabbitmq import RabbitConnection
 from services.runtime.contracts import ContractRegistry, registry
@@ -57,25 +57,17 @@ class TaskPublisher:
         raw_priority = getattr(task, "priority", 0)
         priority = self.contracts.amqp_priority(raw_priority)
         ctx = emitted_context(task, idempotency_key)
-        # The full attributes only for a span that records (see the consume core).
+        # The full attributes at the start for a span that will record, else only if it
+        # does (see `Telemetry.will_record`).
+        base = {"messaging.system": "rabbitmq", "messaging.destination.name": queue}
+        full = self.telemetry.will_record()
         with self.telemetry.tracer.start_as_current_span(
             f"publish {queue}",
             kind=SpanKind.PRODUCER,
-            attributes={"messaging.system": "rabbitmq", "messaging.destination.name": queue},
+            attributes=self._attributes(queue, priority, ctx) if full else base,
         ) as span:
-            if span.is_recording():
-                attrs = messaging_attributes(
-                    "rabbitmq",
-                    queue,
-                    "send",
-                    ctx.event_id,
-                    **{
-                        "messaging.rabbitmq.destination.routing_key": queue,
-                        "agentflux.priority": priority,
-                    },
-                )
-                attrs.update(context_attributes(ctx))
-                span.set_attributes(attrs)
+            if not full and span.is_recording():
+                span.set_attributes(self._attributes(queue, priority, ctx))
             headers: dict[str, Any] = {}
             inject(
                 AMQP, headers, "amqp", ctx, cloud_event=cloud_event(contract.type_name, self.source)
@@ -91,3 +83,11 @@ class TaskPublisher:
                 expiration_s=expiration_s,
             )
         return ctx
+
+    @staticmethod
+    def _attributes(queue: str, priority: int, ctx: FluxContext) -> dict[str, Any]:
+        extra = {
+            "messaging.rabbitmq.destination.routing_key": queue,
+            "agentflux.priority": priority,
+        }
+        return sent_attributes("rabbitmq", queue, ctx, **extra)

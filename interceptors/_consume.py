@@ -93,19 +93,25 @@ class ConsumeCore:
         the message back) or when the broker refuses to settle it."""
         got = extract(inbound.getter, inbound.carrier or (), inbound.transport, strict=False)
         # The sampler sees what names the destination; the rest is built only for a span
-        # that records, so a sampled-out message pays next to nothing for tracing.
+        # that records (all at the start when it will: `Telemetry.will_record`), so a
+        # sampled-out message pays next to nothing for tracing.
+        attributes: dict[str, Any] = {
+            "messaging.system": self.system,
+            "messaging.destination.name": inbound.destination,
+            "messaging.operation.type": "process",
+        }
+        full = self.telemetry.will_record(got.trace_parent)
+        if full:
+            attributes.update(self._attributes(inbound, got))
         span = self.telemetry.tracer.start_span(
             f"process {inbound.destination}",
             context=got.trace_parent,
             kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": self.system,
-                "messaging.destination.name": inbound.destination,
-                "messaging.operation.type": "process",
-            },
+            attributes=attributes,
         )
         if span.is_recording():
-            span.set_attributes(self._attributes(inbound, got))
+            if not full:
+                span.set_attributes(self._attributes(inbound, got))
             record_rejected(span, got.rejected)
         with (
             serving(self.telemetry),

@@ -175,6 +175,11 @@ class ServerContextInterceptor(grpc.aio.ServerInterceptor):
         await context.send_initial_metadata(
             tuple((key, getattr(ctx, field)) for field, key in _ECHO.items())
         )
+        # The context attributes at the start for a span that will record, else only if
+        # it does (see `Telemetry.will_record`).
+        full = self.telemetry.will_record(got.trace_parent)
+        if full:
+            attrs.update(context_attributes(ctx))
         with self.telemetry.tracer.start_as_current_span(
             method.lstrip("/"),
             context=got.trace_parent,
@@ -183,7 +188,7 @@ class ServerContextInterceptor(grpc.aio.ServerInterceptor):
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            if span.is_recording():  # built only for a span that records
+            if not full and span.is_recording():
                 span.set_attributes(context_attributes(ctx))
             try:
                 with bind(ctx), serving(self.telemetry):

@@ -6,12 +6,15 @@ handled), plus CloudEvents attributes and `traceparent`."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf.message import Message
 from opentelemetry.trace import SpanKind
 
 from interceptors._carriers import KAFKA
+from interceptors._context import FluxContext
 from interceptors._propagation import cloud_event, emitted_context, inject
-from interceptors._spans import context_attributes, messaging_attributes
+from interceptors._spans import sent_attributes
 from interceptors._telemetry import Telemetry
 from services.runtime.adapters.kafka import Delivered, KafkaProducer
 from services.runtime.contracts import ContractRegistry, registry
@@ -46,23 +49,16 @@ class EventProducer:
         topic = self.topic_prefix + contract.topic
         key = contract.key(event)
         ctx = emitted_context(event, idempotency_key)
-        # As in the consume core: the full attributes only for a span that records.
+        base = {"messaging.system": "kafka", "messaging.destination.name": topic}
+        full = self.telemetry.will_record()
         with self.telemetry.tracer.start_as_current_span(
             f"publish {topic}",
             kind=SpanKind.PRODUCER,
-            attributes={"messaging.system": "kafka", "messaging.destination.name": topic},
+            attributes=self._attributes(topic, key, ctx) if full else base,
         ) as span:
             recording = span.is_recording()
-            if recording:
-                attrs = messaging_attributes(
-                    "kafka",
-                    topic,
-                    "send",
-                    ctx.event_id,
-                    **{"messaging.kafka.message.key": key.decode("utf-8", "replace")},
-                )
-                attrs.update(context_attributes(ctx))
-                span.set_attributes(attrs)
+            if recording and not full:
+                span.set_attributes(self._attributes(topic, key, ctx))
             headers: list[tuple[str, bytes]] = []
             inject(
                 KAFKA,
@@ -82,3 +78,8 @@ class EventProducer:
                     }
                 )
             return delivered
+
+    @staticmethod
+    def _attributes(topic: str, key: bytes, ctx: FluxContext) -> dict[str, Any]:
+        key_text = key.decode("utf-8", "replace")
+        return sent_attributes("kafka", topic, ctx, **{"messaging.kafka.message.key": key_text})

@@ -10,7 +10,7 @@ from opentelemetry.trace import Span
 from interceptors._context import FluxContext
 from interceptors._errors import ContextValueError
 
-__all__ = ["context_attributes", "messaging_attributes", "record_rejected"]
+__all__ = ["context_attributes", "messaging_attributes", "record_rejected", "sent_attributes"]
 
 QUEUE_WAIT = "agentflux.queue_wait_ms"
 
@@ -45,6 +45,16 @@ def messaging_attributes(
         "messaging.message.id": message_id,
     }
     attrs.update({k: v for k, v in extra.items() if v is not None and v != ""})
+    return attrs
+
+
+def sent_attributes(
+    system: str, destination: str, ctx: FluxContext, **extra: Any
+) -> dict[str, Any]:
+    """A PRODUCER span's attributes: the messaging ones of a send of `ctx`'s event, and
+    the context it carries."""
+    attrs = messaging_attributes(system, destination, "send", ctx.event_id, **extra)
+    attrs.update(context_attributes(ctx))
     return attrs
 
 

@@ -10,14 +10,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Tracer
 
 from interceptors._spanstore import JsonLinesSpanExporter
@@ -99,6 +101,29 @@ class Telemetry:
             service_namespace=settings.service_namespace,
             **kw,
         )
+
+    def will_record(self, parent: otel_context.Context | None = None) -> bool:
+        """Whether a span started now under `parent` (the current context when None)
+        will record, as far as can be told before starting it: a child follows its
+        parent's sampled flag under the parent-based samplers `create` sets up, and a
+        root span records when the sampler records every root (the default).
+
+        The SDK cleans a span's attributes in one pass per call that sets them (about
+        4 µs a call, 0.5 µs an attribute here). So the hops give a span that will record
+        all its attributes when it starts, and any other span the few the sampler sees,
+        adding the rest only if `is_recording()` says so: a sampled-out message stays
+        nearly free, and a wrong guess costs time, never an attribute."""
+        got = trace.get_current_span(parent).get_span_context()
+        if got.is_valid:
+            return got.trace_flags.sampled
+        return self._roots_recorded
+
+    @cached_property
+    def _roots_recorded(self) -> bool:
+        # Asked once: the root span with the highest trace id, which of the standard
+        # samplers only one that records every root records (a ratio below 1 does not).
+        result = self.provider.sampler.should_sample(None, (1 << 128) - 1, "probe")
+        return result.decision is Decision.RECORD_AND_SAMPLE
 
     def flush(self, timeout_ms: int = 5_000) -> bool:
         """Exports every finished span now (before exit, or before reading the store)."""

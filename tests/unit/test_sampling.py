@@ -186,3 +186,71 @@ def test_without_the_setting_the_standard_otel_variables_apply(
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     sampler = Telemetry.for_service("planner", settings).provider.sampler
     assert sampler.get_description() == "AlwaysOffSampler"
+
+
+@pytest.mark.parametrize(
+    ("ratio", "sampler", "roots"),
+    [
+        (None, None, True),  # the SDK's default: parent-based, every root recorded
+        (1.0, None, True),
+        (0.5, None, False),
+        (0.0, None, False),
+        (None, "always_off", False),
+        (None, "always_on", True),
+    ],
+)
+def test_will_record_tells_before_a_span_starts(
+    monkeypatch: pytest.MonkeyPatch, ratio: float | None, sampler: str | None, roots: bool
+) -> None:
+    if sampler is None:
+        monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    tel = Telemetry.create("svc", sample_ratio=ratio)
+    assert tel.will_record() is roots
+    up, _ = telemetry("up", 1.0)
+    with up.tracer.start_as_current_span("sampled parent"):
+        assert tel.will_record() is True
+    off, _ = telemetry("off", 0.0)
+    with off.tracer.start_as_current_span("unsampled parent"):
+        assert tel.will_record() is False
+    tel.shutdown()
+
+
+def test_a_span_whose_recording_was_not_foreseen_gets_every_attribute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`always_on` (not parent-based) records the children of a sampled-out parent,
+    which `will_record` cannot foresee: such spans get their attributes after they
+    start, and end up with the same ones as spans that got them at the start."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+
+    def spans(edge_ratio: float, up_ratio: float | None) -> list[ReadableSpan]:
+        """The producer's span (if recorded) and the consumer's, of a hop done under an
+        edge span; `down` records whatever its parent says (always_on)."""
+        edge, _ = telemetry("edge", edge_ratio)
+        up, up_kept = telemetry("up", up_ratio)
+        down, down_kept = telemetry("down", None)
+
+        async def run() -> None:
+            with edge.tracer.start_as_current_span("edge"):
+                await hop(up, down, Topic())
+
+        asyncio.run(run())
+        up.flush()
+        down.flush()
+        return [*up_kept.spans, *down_kept.spans]
+
+    producer, consumer = spans(1.0, None)  # both foreseen: their parents are sampled
+    late_producer, _ = spans(0.0, None)  # records under a sampled-out edge span
+    (late_consumer,) = spans(0.0, 0.0)  # records under a sampled-out producer
+    for foreseen, late in ((producer, late_producer), (consumer, late_consumer)):
+        assert foreseen.parent is not None
+        assert late.parent is not None
+        assert foreseen.parent.trace_flags.sampled
+        assert not late.parent.trace_flags.sampled
+        assert foreseen.attributes is not None
+        assert late.attributes is not None
+        assert set(foreseen.attributes) == set(late.attributes)
+        assert late.attributes["agentflux.correlation_id"] == "corr-1"
+        assert late.attributes["messaging.message.id"]
