@@ -313,6 +313,65 @@ async def _equals(got: Awaitable[int], expected: int) -> bool:
     return await got == expected
 
 
+async def test_acks_of_deliveries_finished_together_share_a_frame(kit: Kit) -> None:
+    """Deliveries finishing in one turn of the loop are acked by one `multiple` ack; one
+    still being handled is never covered by it (it stays unacked until it finishes, and
+    the others are not held back by it); dead letters, settled on their own, mix in."""
+    total, slow, bad = 40, "run-29", {"run-33", "run-36"}
+    go, slow_go, later_go = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    arrived: list[Call] = []
+    handled: list[str] = []
+
+    async def handle(incoming: Incoming) -> bytes:
+        call = call_of(incoming)
+        arrived.append(call)
+        await (later_go if call.run.startswith("later") else go).wait()
+        if call.run in bad:
+            raise InvalidArgument("call.arguments", "refused by the test")
+        if call.run == slow:
+            await slow_go.wait()
+        handled.append(call.run)
+        return b"ok"
+
+    for i in range(total):
+        await kit.publish(f"run-{i}")
+    consumer = kit.consumer(prefetch=64)
+    stop, task = kit.run(consumer, handle)
+    await eventually(lambda: _true(len(arrived) == total), what="every task delivered")
+    go.set()  # all but the slow one finish together
+    quick = total - len(bad) - 1
+    await eventually(lambda: _true(len(handled) == quick), what="the quick tasks handled")
+    await eventually(
+        lambda: _equals(kit.depth(kit.topo.dead_letter_queue), len(bad)), what="dead letters"
+    )
+    # The 29 before the slow delivery's tag in a frame or so; those after it one each
+    # (a dead letter's own ack is not counted here).
+    await eventually(lambda: _true(consumer.ack_frames > 0), what="acks sent")
+    after = total - 30 - len(bad)
+    assert consumer.ack_frames <= after + 3, consumer.ack_frames
+    assert consumer.in_flight == 1  # the slow one, still unacked
+    slow_go.set()
+    await eventually(lambda: _true(slow in handled), what="the slow task handled")
+    # Past the slow tag, the tags acked alone and the dead letters, a batch that finishes
+    # together shares a frame again; the channel lives (a wrong ack would close it).
+    for i in range(20):
+        await kit.publish(f"later-{i}")
+    await eventually(lambda: _true(len(arrived) == total + 20), what="the later tasks delivered")
+    before = consumer.ack_frames
+    later_go.set()
+    await eventually(lambda: _true(len(handled) == quick + 21), what="the later tasks handled")
+    assert consumer.ack_frames - before <= 4, consumer.ack_frames - before
+    await stopped(stop, task)
+    # Stopping closed the channel: anything left unacked would be back in the queue.
+    assert await kit.depth() == 0
+    assert len(arrived) == total + 20
+    assert not any(c.redelivered for c in arrived)
+    assert consumer.counts[Outcome.HANDLED] == quick + 21
+    assert consumer.counts[Outcome.DEAD_LETTERED] == len(bad)
+    dead = await kit.dead_letters(len(bad))
+    assert {tasks_pb2.ToolTask.FromString(d.body).run_id for d in dead} == bad
+
+
 # -- retries through the delay tiers -------------------------------------------------------
 
 
