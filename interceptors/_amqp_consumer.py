@@ -81,6 +81,7 @@ class _Acks:
         self.asked: dict[int, asyncio.Future[None]] = {}
         self.elsewhere: set[int] = set()  # settled otherwise, above `settled_to`
         self.frames = 0  # ack frames sent (a `multiple` one counts once)
+        self._sending: asyncio.Future[None] | None = None  # the last flush's frames
 
     async def ack(self, tag: int) -> None:
         """Returns once the ack of `tag` is written (raises if it could not be)."""
@@ -105,10 +106,20 @@ class _Acks:
         # Those acked alone are settled too: a later run goes on past them.
         self.elsewhere = {t for t in self.elsewhere if t > top}.union(alone)
         self.settled_to = top
-        sending = asyncio.ensure_future(self._send(max(run, default=0), len(run), alone))
+        sending = asyncio.ensure_future(
+            self._send(self._sending, max(run, default=0), len(run), alone)
+        )
         sending.add_done_callback(lambda done: _answer(list(asked.values()), done))
+        self._sending = sending
 
-    async def _send(self, run_top: int, run_length: int, alone: list[int]) -> None:
+    async def _send(
+        self, before: asyncio.Future[None] | None, run_top: int, run_length: int, alone: list[int]
+    ) -> None:
+        if before is not None:
+            # The earlier flush's frames first: its tags acked alone count as settled
+            # already, and a `multiple` ack written ahead of theirs would ack them twice
+            # (the broker closes the channel on an unknown tag). Its failure is its own.
+            await asyncio.wait([before])
         if run_length:
             await self.channel.basic_ack(delivery_tag=run_top, multiple=run_length > 1)
             self.frames += 1
