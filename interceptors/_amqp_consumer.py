@@ -26,7 +26,6 @@ import asyncio
 import hashlib
 import logging
 import time
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -150,9 +149,11 @@ class _Settler:
         self.topology = topology
         self.max_attempts = max_attempts
         self.delays = sorted(topology.retry_queues)
-        # The run loop's channels (a reopened one is a new object): acks there go in
-        # batches; a delivery handled outside the run loop is acked alone.
-        self.batches: weakref.WeakKeyDictionary[Any, _Acks] = weakref.WeakKeyDictionary()
+        # The run loop's channels (a reopened one is a new object), dropped when the run
+        # ends: acks there go in batches; a delivery handled outside the run loop is
+        # acked alone.
+        self.batches: dict[Any, _Acks] = {}
+        self.frames_before = 0  # ack frames of the channels dropped
 
     async def ack(self, inbound: Inbound) -> None:
         message: AbstractIncomingMessage = inbound.raw
@@ -296,7 +297,8 @@ class TaskConsumer:
     @property
     def ack_frames(self) -> int:
         """Ack frames the run loop has sent (one `multiple` ack counts once)."""
-        return sum(acks.frames for acks in self._settler.batches.values())
+        settler = self._settler
+        return settler.frames_before + sum(acks.frames for acks in settler.batches.values())
 
     def inbound(self, message: AbstractIncomingMessage) -> Inbound:
         """`message` in the consume core's terms."""
@@ -370,6 +372,9 @@ class TaskConsumer:
         finally:
             self.consuming.clear()
             await channel.close()
+            settler = self._settler
+            settler.frames_before += sum(acks.frames for acks in settler.batches.values())
+            settler.batches.clear()
 
     def _acks_of(self, channel: Any) -> _Acks:
         batches = self._settler.batches
