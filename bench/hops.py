@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import contextvars
+import functools
 import gc
 import ipaddress
 import json
@@ -33,6 +34,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -52,6 +54,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.aio_pika import AioPikaInstrumentor
 from opentelemetry.instrumentation.confluent_kafka import ConfluentKafkaInstrumentor
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.pymemcache import PymemcacheInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -81,7 +84,7 @@ from services.runtime.adapters.kafka import (
     consumer_config,
     producer_config,
 )
-from services.runtime.adapters.memcached import connect_memcached
+from services.runtime.adapters.memcached import connect_memcached, connect_memcached_async
 from services.runtime.adapters.rabbitmq import PROTOBUF, RabbitConnection
 from services.runtime.adapters.redis import connect_redis
 from services.runtime.config import Settings
@@ -1633,15 +1636,45 @@ async def bench_redis(
     return result
 
 
+class StockMemcached:
+    """The contrib `opentelemetry-instrumentation-pymemcache`, on during the stock rounds
+    only (it patches pymemcache process-wide), its spans routed as agentflux's are."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.provider = RoutingTracerProvider(telemetry)
+        self.instrumentor = PymemcacheInstrumentor()
+
+    def instrument(self) -> None:
+        if not self.instrumentor.is_instrumented_by_opentelemetry:
+            self.instrumentor.instrument(tracer_provider=self.provider)
+
+    def uninstrument(self) -> None:
+        if self.instrumentor.is_instrumented_by_opentelemetry:
+            self.instrumentor.uninstrument()
+
+
 async def bench_memcached(
     settings: Settings, plan: Plan, stack: AsyncExitStack, prefix: str
 ) -> HopResult:
-    """GET of a 256-byte value with the project's pymemcache pooled client: bare vs
-    with `instrument_caches`."""
+    """GET of a 256-byte value. raw: pymemcache's pooled client called on the event
+    loop (blocking it for the round trip: the floor, not something a service may do).
+    stock: the same client on a thread, as an asyncio program must call it, with the
+    contrib pymemcache instrumentation (the services' way before `AsyncMemcached`);
+    also on the loop, for the instrumentation's own cost. agentflux: `AsyncMemcached`
+    on the loop, bare and with `instrument_caches`."""
     telemetry, counter = counting_telemetry(stack, "bench-cache")
+    # One telemetry per stock variant: the span counts are per variant.
+    loop_telemetry, loop_counter = counting_telemetry(stack, "bench-cache")
+    thread_telemetry, thread_counter = counting_telemetry(stack, "bench-cache")
+    on_loop, on_thread = StockMemcached(loop_telemetry), StockMemcached(thread_telemetry)
     stack.callback(uninstrument_caches)
+    stack.callback(on_loop.uninstrument)  # whatever a failed round left on
     client = connect_memcached(settings)
     stack.callback(client.close)
+    services_client = connect_memcached_async(settings)
+    stack.callback(services_client.close)
+    executor = ThreadPoolExecutor(4, thread_name_prefix="bench-memcached")
+    stack.callback(executor.shutdown)
     key = prefix + "value"
     client.set(key, VALUE, expire=600)
 
@@ -1650,14 +1683,53 @@ async def bench_memcached(
 
     stack.push_async_callback(quietly, f"memcached key {key}", forget())
 
-    async def get() -> None:
+    def blocking_get() -> None:
         if client.get(key) is None:
             raise RuntimeError(f"{key} vanished")
 
-    variants = [Variant("raw", get, kind=RAW), _instrumented("instrument_caches", get, telemetry)]
+    async def get() -> None:
+        blocking_get()
+
+    async def threaded_get() -> None:
+        # The caller's context goes along, so the span joins the caller's trace.
+        job = functools.partial(contextvars.copy_context().run, blocking_get)
+        await asyncio.get_running_loop().run_in_executor(executor, job)
+
+    async def async_get() -> None:
+        if await services_client.get(key) is None:
+            raise RuntimeError(f"{key} vanished")
+
+    variants = [
+        Variant("raw", get, kind=RAW),
+        Variant(
+            "stock, on the loop",
+            get,
+            enter=on_loop.instrument,
+            leave=on_loop.uninstrument,
+            kind=STOCK,
+        ),
+        Variant(
+            "stock, on a thread",
+            threaded_get,
+            enter=on_thread.instrument,
+            leave=on_thread.uninstrument,
+            kind=STOCK,
+        ),
+        Variant("AsyncMemcached", async_get),
+        _instrumented("AsyncMemcached + instrument_caches", async_get, telemetry),
+    ]
     notes: dict[str, Any] = {}
-    result = await run_hop("memcached", "memcached GET", variants, plan, notes)
-    record_spans(result, {"instrument_caches": exported(telemetry, counter)})
+    result = await run_hop(
+        "memcached", "memcached GET", variants, plan, notes, stock="stock, on a thread"
+    )
+    record_spans(
+        result,
+        {
+            "stock, on the loop": exported(loop_telemetry, loop_counter),
+            "stock, on a thread": exported(thread_telemetry, thread_counter),
+            "AsyncMemcached + instrument_caches": exported(telemetry, counter),
+        },
+    )
     return result
 
 

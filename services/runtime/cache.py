@@ -1,9 +1,9 @@
 """A read-through cache on Memcached for hot disposable reads (prompt templates, tool
 metadata, feature flags): every value has a source, so Memcached only saves work.
 
-- pymemcache is synchronous: each Memcached call runs on a small executor of the cache's
-  own, under the client's short timeouts and an overall bound, so a slow or dead
-  Memcached never stalls the event loop.
+- Memcached calls run on the event loop (`AsyncMemcached`), at most `concurrency` at
+  once, under the client's short timeouts and an overall bound, so a slow or dead
+  Memcached never stalls the loop and costs a caller at most that bound.
 - Single-flight: concurrent `get`s of one key in a process share one lookup and at most
   one `load`, so a miss of a hot key sends one request to the source, not one per caller.
 - Early recomputation (XFetch, Vattani et al., "Optimal probabilistic cache stampede
@@ -23,7 +23,6 @@ like it)."""
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import enum
 import hashlib
 import logging
@@ -33,13 +32,11 @@ import re
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, TypeVar
 
-from pymemcache.client.base import PooledClient
-from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
+from services.runtime.adapters.memcached import AsyncMemcached, MemcachedError
 
 __all__ = ["CacheStats", "ReadThroughCache"]
 
@@ -47,7 +44,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_MAX_KEY = 250  # memcached's limit, client key_prefix included
+_MAX_KEY = 250  # memcached's limit
 _PRINTABLE = re.compile(r"[\x21-\x7e]*")  # no spaces, no control or non-ASCII characters
 _HEADER = struct.Struct("!4sdd")  # magic, delta (s), expiry (Unix s)
 _MAGIC = b"AFc1"
@@ -77,7 +74,7 @@ class CacheStats:
     coalesced: int = 0
     """`get`s that joined a lookup already under way for their key (single-flight)."""
     memcached_calls: int = 0
-    """Memcached calls attempted (sent to a thread)."""
+    """Memcached calls attempted."""
 
 
 class _Unavailable:
@@ -88,7 +85,7 @@ _UNAVAILABLE = _Unavailable()
 
 
 class _SkippedError(Exception):
-    """A queued call found that another call failed since it was queued."""
+    """A waiting call found that another call failed since it began to wait."""
 
 
 class _State(enum.Enum):
@@ -103,22 +100,24 @@ class ReadThroughCache:
     `ttl_s` is the default lifetime of an item (1 s to 30 days); `beta` scales XFetch's
     eagerness (1.0 as in the paper; 0 turns early recomputation off). `cooldown_s` is how
     long the breaker skips Memcached after a failure before one call probes it.
-    `call_timeout_s` bounds one Memcached call seen from the loop, queueing included
-    (default: the client's connect and read timeouts plus 0.25 s). `clock` (Unix time, for
-    expiries shared between processes), `timer` (monotonic, for compute times and the
-    breaker) and `random` (uniform on [0, 1)) are injectable for tests.
+    `concurrency` bounds the Memcached calls in flight at once; a call that waited for
+    its turn while another one failed skips Memcached. `call_timeout_s` bounds one
+    Memcached call, its wait for a turn included (default: the client's connect and
+    read timeouts plus 0.25 s). `clock` (Unix time, for expiries shared between
+    processes), `timer` (monotonic, for compute times and the breaker) and `random`
+    (uniform on [0, 1)) are injectable for tests.
 
-    The event loop owns all state; only the Memcached calls run on the executor."""
+    The cache belongs to the event loop that uses it."""
 
     def __init__(
         self,
-        client: PooledClient,
+        client: AsyncMemcached,
         *,
         namespace: str,
         ttl_s: int,
         beta: float = 1.0,
         cooldown_s: float = 5.0,
-        threads: int = 4,
+        concurrency: int = 4,
         call_timeout_s: float | None = None,
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.monotonic,
@@ -126,25 +125,22 @@ class ReadThroughCache:
     ) -> None:
         if not _PRINTABLE.fullmatch(namespace) or len(namespace) > 100:
             raise ValueError(f"namespace {namespace!r}: at most 100 printable ASCII characters")
-        if beta < 0 or cooldown_s < 0 or threads < 1:
-            raise ValueError("beta and cooldown_s must be >= 0 and threads >= 1")
+        if beta < 0 or cooldown_s < 0 or concurrency < 1:
+            raise ValueError("beta and cooldown_s must be >= 0 and concurrency >= 1")
         self._client = client
         self._prefix = f"{namespace}af:cache"
-        self._room = _MAX_KEY - len(getattr(client, "key_prefix", b"") or b"")
         self._ttl_s = _check_ttl(ttl_s)
         self._beta = beta
         self._cooldown_s = cooldown_s
         if call_timeout_s is None:
-            connect = getattr(client, "connect_timeout", None) or 0.25
-            read = getattr(client, "timeout", None) or 0.25
-            call_timeout_s = float(connect) + float(read) + 0.25
+            call_timeout_s = client.connect_timeout + client.timeout + 0.25
         self._call_timeout_s = call_timeout_s
         self._clock, self._timer, self._random = clock, timer, random
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="af-memcached")
+        self._turns = asyncio.Semaphore(concurrency)
         self._flights: dict[str, asyncio.Task[bytes]] = {}
         self._stats = CacheStats()
         self._closed = False
-        # The breaker, owned by the loop; `_trips` counts outage errors seen by any thread.
+        # The breaker; `_trips` counts the outage errors seen so far.
         self._trips = 0
         self._last_error: BaseException | None = None
         self._state = _State.CLOSED
@@ -164,7 +160,7 @@ class ReadThroughCache:
     def memcached_key(self, key: str) -> str:
         """Where `key` lives in Memcached (hashed when too long or not printable)."""
         plain = f"{self._prefix}:{key}"
-        if key and len(plain) <= self._room and _PRINTABLE.fullmatch(key):
+        if key and len(plain) <= _MAX_KEY and _PRINTABLE.fullmatch(key):
             return plain
         return f"{self._prefix}#{hashlib.sha256(key.encode()).hexdigest()}"
 
@@ -190,11 +186,10 @@ class ReadThroughCache:
         return await asyncio.shield(flight)
 
     def close(self) -> None:
-        """Cancels lookups under way and stops the executor (the client is the caller's)."""
+        """Cancels lookups under way (the client is the caller's to close)."""
         self._closed = True
         for flight in list(self._flights.values()):
             flight.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- one lookup ----------------------------------------------------------------
 
@@ -236,25 +231,27 @@ class ReadThroughCache:
             return fresh
         delta = max(self._timer() - began, 0.0)
         record = _HEADER.pack(_MAGIC, delta, self._clock() + ttl) + value
-        await self._call(self._client.set, mkey, record, expire=ttl, noreply=False)
+        await self._call(self._client.set, mkey, record, expire=ttl)
         return value
 
     # -- Memcached calls and the breaker ---------------------------------------------
 
-    async def _call(self, op: Callable[..., T], *args: Any, **kwargs: Any) -> T | _Unavailable:
+    async def _call(
+        self, op: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+    ) -> T | _Unavailable:
         if not self._allow():
             self._stats.bypassed += 1
             return _UNAVAILABLE
         self._stats.memcached_calls += 1
-        # The context goes along so the instrumentation's span joins the caller's trace.
-        job: Callable[[], T] = partial(
-            contextvars.copy_context().run, self._guarded, self._trips, op, *args, **kwargs
-        )
-        loop = asyncio.get_running_loop()
+        trips = self._trips
         try:
-            result = await asyncio.wait_for(
-                loop.run_in_executor(self._executor, job), self._call_timeout_s
-            )
+            async with asyncio.timeout(self._call_timeout_s):
+                async with self._turns:
+                    # A call that waited while another failed skips memcached, so only
+                    # the calls already under way when it went away wait for its timeout.
+                    if trips != self._trips:
+                        raise _SkippedError
+                    result = await op(*args, **kwargs)
         except _SkippedError:
             self._stats.memcached_calls -= 1
             self._stats.bypassed += 1
@@ -264,33 +261,19 @@ class ReadThroughCache:
             if self._state is _State.HALF_OPEN:
                 self._state, self._retry_at = _State.OPEN, self._timer()  # probe again
             raise
-        except Exception as exc:
-            if not _is_outage(exc):  # an error reply (say, a value over the size limit)
-                self._stats.errors += 1
-                self._succeeded()
-                log.debug("memcached refused %s: %r", getattr(op, "__name__", op), exc)
-                return _UNAVAILABLE
-            if isinstance(exc, TimeoutError):  # ours: the thread may still be waiting
-                self._trip(exc)
+        except MemcachedError as exc:  # an error reply (say, a value over the size limit)
+            self._stats.errors += 1
+            self._succeeded()
+            log.debug("memcached refused %s: %s", getattr(op, "__name__", op), exc)
+            return _UNAVAILABLE
+        except (OSError, EOFError) as exc:  # refused, reset, closed, timed out
+            self._trip(exc)
             self._failed(exc)
             return _UNAVAILABLE
         self._succeeded()
         return result
 
-    def _guarded(self, trips: int, op: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        # On an executor thread. A call queued before another one failed is skipped, so
-        # only the calls already running when memcached went away wait for its timeout.
-        if trips != self._trips:
-            raise _SkippedError
-        try:
-            return op(*args, **kwargs)
-        except Exception as exc:
-            if _is_outage(exc):
-                self._trip(exc)
-            raise
-
     def _trip(self, exc: BaseException) -> None:
-        # Written from threads and the loop; a lost increment only skips one call less.
         self._last_error = exc
         self._trips += 1
 
@@ -335,11 +318,6 @@ def _check_ttl(ttl_s: int) -> int:
     return ttl_s
 
 
-def _is_outage(exc: BaseException) -> bool:
-    """Refused, timed out, reset, closed: memcached is not there (an error reply says it is)."""
-    return not isinstance(exc, MemcacheError) or isinstance(exc, MemcacheUnexpectedCloseError)
-
-
 def _decode(raw: bytes) -> tuple[bytes, float, float] | None:
     if len(raw) < _HEADER.size or raw[:4] != _MAGIC:
         return None  # not written by this cache: a miss, overwritten by the next load
@@ -349,8 +327,6 @@ def _decode(raw: bytes) -> tuple[bytes, float, float] | None:
     return raw[_HEADER.size :], max(delta, 0.0), expiry
 
 
-def _server(client: PooledClient) -> str:
-    server = getattr(client, "server", None)
-    if isinstance(server, tuple) and len(server) == 2:
-        return f"{server[0]}:{server[1]}"
-    return str(server)
+def _server(client: AsyncMemcached) -> str:
+    host, port = client.server
+    return f"{host}:{port}"

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import redis.asyncio as aioredis
-from pymemcache.client.base import PooledClient
 
 from services.runtime.adapters.kafka import KafkaProducer
-from services.runtime.adapters.memcached import connect_memcached
+from services.runtime.adapters.memcached import AsyncMemcached, connect_memcached_async
 from services.runtime.adapters.rabbitmq import RabbitConnection
 from services.runtime.adapters.redis import connect_redis
 from services.runtime.config import Settings
@@ -44,7 +43,7 @@ class Mesh:
     settings: Settings
     redis: aioredis.Redis
     producer: KafkaProducer
-    memcached: PooledClient
+    memcached: AsyncMemcached
     contracts: ContractRegistry = field(default_factory=registry)
     _rabbit: RabbitConnection | None = None
     _rabbit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -56,7 +55,7 @@ class Mesh:
             settings=settings,
             redis=connect_redis(settings, max_connections=256),
             producer=KafkaProducer(settings, **{"linger.ms": 0}),
-            memcached=connect_memcached(settings),
+            memcached=connect_memcached_async(settings),
         )
 
     @property

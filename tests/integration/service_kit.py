@@ -27,7 +27,7 @@ from google.protobuf.message import Message
 
 from interceptors import EventProducer, Outcome, TaskPublisher, Telemetry, new_id
 from services.runs import TERMINAL, RunStore
-from services.runtime.adapters.memcached import connect_memcached
+from services.runtime.adapters.memcached import connect_memcached_async
 from services.runtime.adapters.rabbitmq import RabbitConnection
 from services.runtime.adapters.redis import connect_redis
 from services.runtime.cache import ReadThroughCache
@@ -426,12 +426,12 @@ async def _wipe(settings: Settings, cached: set[str]) -> None:
             await redis.delete(*keys)
     finally:
         await redis.aclose()
-    memcached = connect_memcached(settings)
+    memcached = connect_memcached_async(settings)
     naming = ReadThroughCache(memcached, namespace=ns, ttl_s=60)
     try:
         for key in cached:
             with contextlib.suppress(Exception):
-                memcached.delete(naming.memcached_key(key))
+                await memcached.delete(naming.memcached_key(key))
     finally:
         naming.close()
         memcached.close()

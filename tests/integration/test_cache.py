@@ -16,9 +16,14 @@ from dataclasses import dataclass
 import pytest
 from pymemcache.client.base import PooledClient
 
-from services.runtime.adapters.memcached import connect_memcached
+from services.runtime.adapters.memcached import (
+    AsyncMemcached,
+    connect_memcached,
+    connect_memcached_async,
+)
 from services.runtime.cache import ReadThroughCache
 from services.runtime.config import Settings
+from tests.integration.cache_kit import Relay
 
 pytestmark = pytest.mark.integration
 
@@ -66,14 +71,19 @@ def client(settings: Settings) -> Iterator[PooledClient]:
 
 
 @pytest.fixture
-def caches(client: PooledClient, prefix: str) -> Iterator[Callable[..., ReadThroughCache]]:
-    """Makes caches under the test's namespace; closes them and deletes what they wrote."""
+def caches(
+    client: PooledClient, settings: Settings, prefix: str
+) -> Iterator[Callable[..., ReadThroughCache]]:
+    """Makes caches under the test's namespace, on the services' asyncio client unless
+    given one; closes them and deletes what they wrote (through a pymemcache client,
+    which also reads the items back in tests)."""
     made: list[ReadThroughCache] = []
     keys: set[str] = set()
+    services_client = connect_memcached_async(settings)
 
-    def make(mc: PooledClient | None = None, **kwargs: object) -> ReadThroughCache:
+    def make(mc: AsyncMemcached | None = None, **kwargs: object) -> ReadThroughCache:
         kwargs.setdefault("ttl_s", 60)
-        cache = ReadThroughCache(mc or client, namespace=prefix, **kwargs)  # type: ignore[arg-type]
+        cache = ReadThroughCache(mc or services_client, namespace=prefix, **kwargs)  # type: ignore[arg-type]
         made.append(cache)
         original = cache.memcached_key
 
@@ -87,6 +97,7 @@ def caches(client: PooledClient, prefix: str) -> Iterator[Callable[..., ReadThro
     yield make
     for cache in made:
         cache.close()
+    services_client.close()
     for key in keys:
         client.delete(key, noreply=False)
 
@@ -97,8 +108,8 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _client_for(port: int, timeout: float = 0.25) -> PooledClient:
-    return connect_memcached(Settings(memcached_servers=f"127.0.0.1:{port}"), timeout=timeout)
+def _client_for(port: int, timeout: float = 0.25) -> AsyncMemcached:
+    return connect_memcached_async(Settings(memcached_servers=f"127.0.0.1:{port}"), timeout=timeout)
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -292,58 +303,16 @@ async def test_a_failing_early_refresh_serves_the_cached_value(
 # -- Memcached down --------------------------------------------------------------------
 
 
-class Proxy:
-    """A TCP relay on a fixed loopback port to the real memcached: memcached "comes back"
-    on a port where nothing listened before."""
-
-    def __init__(self, port: int, upstream: tuple[str, int]) -> None:
-        self.port, self.upstream = port, upstream
-        self.server: asyncio.Server | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except ConnectionError:
-                pass
-            finally:
-                dst.close()
-
-        for task in (
-            asyncio.create_task(pipe(reader, up_writer)),
-            asyncio.create_task(pipe(up_reader, writer)),
-        ):
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.server is not None:
-            await self.server.wait_closed()
-
-
 @pytest.fixture
-async def proxy(settings: Settings) -> AsyncIterator[Proxy]:
-    relay = Proxy(_closed_port(), settings.memcached_address)
+async def proxy(settings: Settings) -> AsyncIterator[Relay]:
+    relay = Relay(settings.memcached_address, port=_closed_port())
     yield relay
     await relay.stop()
 
 
 async def test_memcached_down_serves_from_source_and_the_breaker_skips_it(
     caches: Callable[..., ReadThroughCache],
-    proxy: Proxy,
+    proxy: Relay,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
@@ -398,7 +367,7 @@ async def test_calls_queued_behind_a_dead_memcached_skip_it(
 ) -> None:
     mc = _client_for(silent_port)
     try:
-        cache = caches(mc, threads=4)
+        cache = caches(mc, concurrency=4)
         source = Source()
         values = await asyncio.gather(*(cache.get(f"k{i}", source) for i in range(50)))
         assert sorted(values) == sorted(b"value#%d" % (i + 1) for i in range(50))
@@ -442,7 +411,7 @@ async def test_a_non_answering_memcached_does_not_block_the_event_loop(
         mc.close()
 
 
-async def test_close_stops_the_executor(caches: Callable[..., ReadThroughCache]) -> None:
+async def test_a_closed_cache_refuses_gets(caches: Callable[..., ReadThroughCache]) -> None:
     cache = caches()
     await cache.get("k", Source())
     cache.close()

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from pymemcache.client.base import PooledClient
 
-from services.runtime.adapters.memcached import connect_memcached
+from services.runtime.adapters.memcached import connect_memcached, connect_memcached_async
 from services.runtime.cache import ReadThroughCache
 from services.runtime.config import Settings
 from services.runtime.flags import FeatureFlags
@@ -31,10 +31,12 @@ def client(settings: Settings) -> Iterator[PooledClient]:
 
 
 @pytest.fixture
-def cache(client: PooledClient, prefix: str) -> Iterator[ReadThroughCache]:
-    c = ReadThroughCache(client, namespace=prefix, ttl_s=60)
+def cache(client: PooledClient, settings: Settings, prefix: str) -> Iterator[ReadThroughCache]:
+    services_client = connect_memcached_async(settings)
+    c = ReadThroughCache(services_client, namespace=prefix, ttl_s=60)
     yield c
     c.close()
+    services_client.close()
     for name in NAMES:
         client.delete(c.memcached_key(f"flag:{name}"), noreply=False)
 
@@ -54,10 +56,13 @@ async def test_flags_on_and_off_from_settings_through_the_cache(cache: ReadThrou
         await flags.enabled("")
 
 
-async def test_processes_share_the_copy_until_it_expires(client: PooledClient, prefix: str) -> None:
+async def test_processes_share_the_copy_until_it_expires(
+    client: PooledClient, settings: Settings, prefix: str
+) -> None:
     # What the module doc says: the copy in memcached is shared by the namespace's
     # processes, so one restarted with other flags sees them once the copy expires.
-    old, new = (ReadThroughCache(client, namespace=prefix, ttl_s=1) for _ in range(2))
+    services_client = connect_memcached_async(settings)
+    old, new = (ReadThroughCache(services_client, namespace=prefix, ttl_s=1) for _ in range(2))
     try:
         assert await FeatureFlags(old, _settings("retrieval")).enabled("retrieval") is True
         restarted = FeatureFlags(new, _settings())
@@ -71,6 +76,7 @@ async def test_processes_share_the_copy_until_it_expires(client: PooledClient, p
     finally:
         for c in (old, new):
             c.close()
+        services_client.close()
         client.delete(old.memcached_key("flag:retrieval"), noreply=False)
 
 
@@ -78,7 +84,7 @@ async def test_memcached_down_reads_the_settings(prefix: str) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    down = connect_memcached(_settings(memcached_servers=f"127.0.0.1:{port}"))
+    down = connect_memcached_async(_settings(memcached_servers=f"127.0.0.1:{port}"))
     cache = ReadThroughCache(down, namespace=prefix, ttl_s=60)
     try:
         flags = FeatureFlags(cache, _settings("approvals"))

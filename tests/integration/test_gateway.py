@@ -34,7 +34,7 @@ from grpc_status import rpc_status
 from services.gateway import GatewayService
 from services.runs import RunStore
 from services.runtime.adapters.kafka import KafkaProducer
-from services.runtime.adapters.memcached import connect_memcached
+from services.runtime.adapters.memcached import connect_memcached_async
 from services.runtime.adapters.redis import connect_redis
 from services.runtime.config import Settings
 from services.runtime.mesh import Mesh
@@ -97,7 +97,7 @@ async def running_gateway(
         settings=settings,
         redis=connect_redis(settings, max_connections=64),
         producer=KafkaProducer(settings, **{"linger.ms": 0, **(producer or {})}),
-        memcached=connect_memcached(settings),
+        memcached=connect_memcached_async(settings),
     )
     gateway = GatewayService(mesh)
     stop = asyncio.Event()

@@ -21,15 +21,15 @@ from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.instrumentation.redis.util import _format_command_args
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 from redis.exceptions import ResponseError, WatchError
 
-from interceptors import Telemetry, instrument_caches, uninstrument_caches
+from interceptors import instrument_caches, uninstrument_caches
 from interceptors._redis_tracing import statement
 from interceptors._telemetry import RoutingTracerProvider, serving
 from services.runtime.adapters.redis import connect_redis
 from services.runtime.config import Settings
+from tests.integration.cache_kit import Traced, traced_caches
 
 pytestmark = pytest.mark.integration
 
@@ -45,35 +45,13 @@ PATCHED = (
 ORIGINALS = {(cls, name): cls.__dict__[name] for cls, name in PATCHED}
 
 
-class Traced:
-    """A telemetry whose spans are kept in memory; `spans()` flushes and takes them."""
-
-    def __init__(self, service: str = "cache-user", **kw: Any) -> None:
-        self.memory = InMemorySpanExporter()
-        self.telemetry = Telemetry.create(service, exporters=[self.memory], **kw)
-
-    def spans(self) -> list[ReadableSpan]:
-        # force_flush returns once every ended span is exported: nothing to wait for.
-        assert self.telemetry.flush()
-        spans = list(self.memory.get_finished_spans())
-        self.memory.clear()
-        return spans
-
-    def redis_spans(self) -> list[ReadableSpan]:
-        return [s for s in self.spans() if (s.attributes or {}).get("db.system") == "redis"]
-
-
 @pytest.fixture
 def traced() -> Iterator[Traced]:
     """agentflux's cache instrumentation on, into a fresh telemetry; off afterwards."""
-    uninstrument_caches()  # whatever another test left on
-    t = Traced()
-    instrument_caches(t.telemetry)
-    yield t
-    uninstrument_caches()
+    with traced_caches() as t:
+        yield t
     if RedisInstrumentor().is_instrumented_by_opentelemetry:
         RedisInstrumentor().uninstrument()
-    t.telemetry.shutdown()
     for (cls, name), original in ORIGINALS.items():
         assert cls.__dict__[name] is original, f"{cls.__qualname__}.{name} left patched"
 
