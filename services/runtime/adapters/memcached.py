@@ -23,8 +23,9 @@ import asyncio
 import re
 import socket
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from pymemcache.client.base import PooledClient
 
@@ -39,6 +40,8 @@ _STORED = b"STORED\r\n"
 _DELETED = b"DELETED\r\n"
 _NOT_FOUND = b"NOT_FOUND\r\n"
 _ERRORS = (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")
+
+T = TypeVar("T")
 
 
 class MemcachedError(Exception):
@@ -90,30 +93,21 @@ class AsyncMemcached:
     async def get(self, key: str) -> bytes | None:
         """The value of `key`, or None when memcached has none."""
         k = _key(key)
-        conn = await self._acquire()
-        reusable = False
-        try:
-            async with asyncio.timeout(self.timeout):
-                conn.writer.write(b"get " + k + b"\r\n")
-                line = await conn.reader.readuntil(b"\r\n")
-                value: bytes | None = None
-                if line.startswith(b"VALUE "):
-                    size = _value_size(line, k)
-                    data = await conn.reader.readexactly(size + 2)
-                    if data[-2:] != b"\r\n":
-                        raise ConnectionError("memcached's value did not end with CRLF")
-                    value = data[:-2]
-                    line = await conn.reader.readuntil(b"\r\n")
-                if line != _END:
-                    _refused(line, "get")
-            reusable = True
+
+        async def read(reader: asyncio.StreamReader) -> bytes | None:
+            line = await reader.readuntil(b"\r\n")
+            value: bytes | None = None
+            if line.startswith(b"VALUE "):
+                data = await reader.readexactly(_value_size(line, k) + 2)
+                if data[-2:] != b"\r\n":
+                    raise ConnectionError("memcached's value did not end with CRLF")
+                value = data[:-2]
+                line = await reader.readuntil(b"\r\n")
+            if line != _END:
+                _refused(line, "get")
             return value
-        except asyncio.IncompleteReadError as exc:
-            raise ConnectionError("memcached closed the connection") from exc
-        except asyncio.LimitOverrunError as exc:  # a line of 64 KiB: not memcached
-            raise ConnectionError("unexpected reply from memcached: no line end") from exc
-        finally:
-            self._release(conn, reusable)
+
+        return await self._exchange(b"get " + k + b"\r\n", read)
 
     async def set(self, key: str, value: bytes, *, expire: int = 0) -> None:
         """Stores `value` under `key` for `expire` seconds (0: until evicted);
@@ -124,12 +118,12 @@ class AsyncMemcached:
         if expire < 0:
             raise ValueError(f"expire must be >= 0, got {expire}")
         head = b"set %b 0 %d %d\r\n" % (k, expire, len(value))
-        await self._simple(head + bytes(value) + b"\r\n", _STORED, None, "set")
+        await self._exchange(head + bytes(value) + b"\r\n", _answer(_STORED, None, "set"))
 
     async def delete(self, key: str) -> bool:
         """Deletes `key`; False when memcached had no such key."""
         request = b"delete " + _key(key) + b"\r\n"
-        return await self._simple(request, _DELETED, _NOT_FOUND, "delete")
+        return await self._exchange(request, _answer(_DELETED, _NOT_FOUND, "delete"))
 
     def close(self) -> None:
         """Closes the idle connections; those in use close when their call ends. Calls
@@ -144,21 +138,19 @@ class AsyncMemcached:
 
     # -- the pool --------------------------------------------------------------------
 
-    async def _simple(self, request: bytes, yes: bytes, no: bytes | None, name: str) -> bool:
-        """Sends `request`, reads a one-line reply: True for `yes`, False for `no`."""
+    async def _exchange(
+        self, request: bytes, read: Callable[[asyncio.StreamReader], Awaitable[T]]
+    ) -> T:
+        """Sends `request` on a connection of the pool and reads its reply with `read`,
+        within `timeout`; the connection goes back to the pool only if `read` returned."""
         conn = await self._acquire()
         reusable = False
         try:
             async with asyncio.timeout(self.timeout):
                 conn.writer.write(request)
-                line = await conn.reader.readuntil(b"\r\n")
-            if line == yes:
-                reusable = True
-                return True
-            if no is not None and line == no:
-                reusable = True
-                return False
-            _refused(line, name)
+                answer = await read(conn.reader)
+            reusable = True
+            return answer
         except asyncio.IncompleteReadError as exc:
             raise ConnectionError("memcached closed the connection") from exc
         except asyncio.LimitOverrunError as exc:  # a line of 64 KiB: not memcached
@@ -223,6 +215,22 @@ def _key(key: str) -> bytes:
             f"without spaces, got {key!r:.80}"
         )
     return raw
+
+
+def _answer(
+    yes: bytes, no: bytes | None, command: str
+) -> Callable[[asyncio.StreamReader], Awaitable[bool]]:
+    """Reads a one-line reply: True for `yes`, False for `no`; refused otherwise."""
+
+    async def read(reader: asyncio.StreamReader) -> bool:
+        line = await reader.readuntil(b"\r\n")
+        if line == yes:
+            return True
+        if no is not None and line == no:
+            return False
+        _refused(line, command)
+
+    return read
 
 
 def _value_size(line: bytes, key: bytes) -> int:
