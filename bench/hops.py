@@ -54,6 +54,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.aio_pika import AioPikaInstrumentor
 from opentelemetry.instrumentation.confluent_kafka import ConfluentKafkaInstrumentor
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.instrumentation.pymemcache import PymemcacheInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.resources import Resource
@@ -1575,15 +1576,15 @@ def _instrumented(name: str, op: Op, telemetry: Telemetry, burst: Burst | None =
     )
 
 
-class StockRedis:
-    """The contrib `opentelemetry-instrumentation-redis`, on during the stock rounds
-    only (it patches redis-py process-wide). Its spans go through the same routing
-    provider as agentflux's into a telemetry of their own, so the two differ only in
-    the wrapper around each command."""
+class StockInstrumentation:
+    """A contrib instrumentation (`RedisInstrumentor`, `PymemcacheInstrumentor`), on
+    during the stock rounds only (it patches its client library process-wide). Its spans
+    go through the same routing provider as agentflux's into a telemetry of their own,
+    so the two differ only in the wrapper around each command."""
 
-    def __init__(self, telemetry: Telemetry) -> None:
+    def __init__(self, instrumentor: BaseInstrumentor, telemetry: Telemetry) -> None:
         self.provider = RoutingTracerProvider(telemetry)
-        self.instrumentor = RedisInstrumentor()
+        self.instrumentor = instrumentor
 
     def instrument(self) -> None:
         if not self.instrumentor.is_instrumented_by_opentelemetry:
@@ -1604,7 +1605,7 @@ async def bench_redis(
     own wrapper), each a CLIENT span per command."""
     telemetry, counter = counting_telemetry(stack, "bench-cache")
     stock_telemetry, stock_counter = counting_telemetry(stack, "bench-cache")
-    stock = StockRedis(stock_telemetry)
+    stock = StockInstrumentation(RedisInstrumentor(), stock_telemetry)
     stack.callback(uninstrument_caches)
     stack.callback(stock.uninstrument)  # whatever a failed round left on
     client = redis_for(stack, settings, prefix)
@@ -1636,23 +1637,6 @@ async def bench_redis(
     return result
 
 
-class StockMemcached:
-    """The contrib `opentelemetry-instrumentation-pymemcache`, on during the stock rounds
-    only (it patches pymemcache process-wide), its spans routed as agentflux's are."""
-
-    def __init__(self, telemetry: Telemetry) -> None:
-        self.provider = RoutingTracerProvider(telemetry)
-        self.instrumentor = PymemcacheInstrumentor()
-
-    def instrument(self) -> None:
-        if not self.instrumentor.is_instrumented_by_opentelemetry:
-            self.instrumentor.instrument(tracer_provider=self.provider)
-
-    def uninstrument(self) -> None:
-        if self.instrumentor.is_instrumented_by_opentelemetry:
-            self.instrumentor.uninstrument()
-
-
 async def bench_memcached(
     settings: Settings, plan: Plan, stack: AsyncExitStack, prefix: str
 ) -> HopResult:
@@ -1666,7 +1650,8 @@ async def bench_memcached(
     # One telemetry per stock variant: the span counts are per variant.
     loop_telemetry, loop_counter = counting_telemetry(stack, "bench-cache")
     thread_telemetry, thread_counter = counting_telemetry(stack, "bench-cache")
-    on_loop, on_thread = StockMemcached(loop_telemetry), StockMemcached(thread_telemetry)
+    on_loop = StockInstrumentation(PymemcacheInstrumentor(), loop_telemetry)
+    on_thread = StockInstrumentation(PymemcacheInstrumentor(), thread_telemetry)
     stack.callback(uninstrument_caches)
     stack.callback(on_loop.uninstrument)  # whatever a failed round left on
     client = connect_memcached(settings)
