@@ -100,6 +100,7 @@ from interceptors import (
 )
 from services.runtime.adapters.kafka import KafkaConsumer, KafkaProducer
 from services.runtime.adapters.rabbitmq import RabbitConnection
+from services.runtime.adapters.redis import LeanConnection
 from services.runtime.config import Settings
 from services.runtime.topology import (
     TaskTopology,
@@ -371,7 +372,7 @@ class Sent:
         self.commands = 0
 
 
-class CountingConnection(aioredis.Connection):
+class CountingConnection(LeanConnection):
     """The client's own connection class, counting as it packs: each command sent alone
     is one round trip, a pipeline (however many commands) is one. Counted at the client,
     not with Redis's `INFO`, whose counters are server-wide (other processes share the
@@ -416,9 +417,10 @@ class CountingConnection(aioredis.Connection):
 
 def count_round_trips(client: aioredis.Redis) -> Sent | None:
     """Makes `client`'s new connections count what they send (call it before the first
-    command); None when its pool uses a connection class other than the plain TCP one."""
+    command); None when its pool uses a connection class other than the project's plain
+    TCP one."""
     pool = client.connection_pool
-    if pool.connection_class is not aioredis.Connection:
+    if pool.connection_class is not LeanConnection:
         return None
     pool.connection_class = CountingConnection
     return CountingConnection.sent

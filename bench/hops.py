@@ -1568,7 +1568,9 @@ async def bench_rabbitmq(
 # -- 4. Redis and Memcached GET --------------------------------------------------------
 
 
-def _instrumented(name: str, op: Op, telemetry: Telemetry, burst: Burst | None = None) -> Variant:
+def _instrumented(
+    name: str, op: Op, burst: Burst | None = None, *, telemetry: Telemetry
+) -> Variant:
     """`op` with `instrument_caches` on during its rounds only (it patches the client
     libraries process-wide, so the other variants' rounds run without it)."""
     return Variant(
@@ -1600,30 +1602,51 @@ class StockInstrumentation:
 async def bench_redis(
     settings: Settings, plan: Plan, stack: AsyncExitStack, prefix: str
 ) -> HopResult:
-    """GET of a 256-byte value with the project's redis-py asyncio client (hiredis):
-    bare vs the contrib instrumentation (stock) vs `instrument_caches` (agentflux's
-    own wrapper), each a CLIENT span per command."""
+    """GET of a 256-byte value, redis-py asyncio with hiredis. raw: redis-py's own
+    `BlockingConnectionPool`, as a user builds it, with the same bound and timeouts as
+    the project's. stock: the same client with the contrib instrumentation. agentflux:
+    the project's client (`connect_redis`: `LeanPool`, `LeanConnection`), bare and with
+    `instrument_caches` (agentflux's own wrapper). Each traced variant makes a CLIENT
+    span per command."""
     telemetry, counter = counting_telemetry(stack, "bench-cache")
     stock_telemetry, stock_counter = counting_telemetry(stack, "bench-cache")
     stock = StockInstrumentation(RedisInstrumentor(), stock_telemetry)
     stack.callback(uninstrument_caches)
     stack.callback(stock.uninstrument)  # whatever a failed round left on
     client = redis_for(stack, settings, prefix)
+    plain = aioredis.Redis.from_pool(
+        aioredis.BlockingConnectionPool.from_url(
+            settings.redis_dsn,
+            max_connections=64,
+            timeout=5.0,
+            socket_connect_timeout=5.0,
+            socket_timeout=5.0,
+            health_check_interval=30,
+        )
+    )
+    stack.push_async_callback(plain.aclose)
     key = prefix + "value"
     await client.set(key, VALUE, ex=600)
 
-    async def get() -> None:
-        if await client.get(key) is None:
-            raise RuntimeError(f"{key} vanished")
+    def getter(redis: aioredis.Redis) -> tuple[Op, Burst]:
+        async def get() -> None:
+            if await redis.get(key) is None:
+                raise RuntimeError(f"{key} vanished")
 
-    async def burst(k: int) -> None:
-        # More than the pool's connections: the rest wait for one, in every variant.
-        await asyncio.gather(*(get() for _ in range(k)))
+        async def burst(k: int) -> None:
+            # More than the pool's connections: the rest wait for one, in every variant.
+            await asyncio.gather(*(get() for _ in range(k)))
 
+        return get, burst
+
+    lean = getter(client)
     variants = [
-        Variant("raw", get, burst, kind=RAW),
-        Variant("stock", get, burst, enter=stock.instrument, leave=stock.uninstrument, kind=STOCK),
-        _instrumented("instrument_caches", get, telemetry, burst),
+        Variant("raw", *getter(plain), kind=RAW),
+        Variant(
+            "stock", *getter(plain), enter=stock.instrument, leave=stock.uninstrument, kind=STOCK
+        ),
+        Variant("connect_redis", *lean),
+        _instrumented("connect_redis + instrument_caches", *lean, telemetry=telemetry),
     ]
     notes: dict[str, Any] = {}
     result = await run_hop("redis", "redis GET", variants, plan, notes, stock="stock")
@@ -1631,7 +1654,7 @@ async def bench_redis(
         result,
         {
             "stock": exported(stock_telemetry, stock_counter),
-            "instrument_caches": exported(telemetry, counter),
+            "connect_redis + instrument_caches": exported(telemetry, counter),
         },
     )
     return result
@@ -1701,7 +1724,7 @@ async def bench_memcached(
             kind=STOCK,
         ),
         Variant("AsyncMemcached", async_get),
-        _instrumented("AsyncMemcached + instrument_caches", async_get, telemetry),
+        _instrumented("AsyncMemcached + instrument_caches", async_get, telemetry=telemetry),
     ]
     notes: dict[str, Any] = {}
     result = await run_hop(

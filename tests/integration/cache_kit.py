@@ -17,8 +17,9 @@ from interceptors import Telemetry, instrument_caches, uninstrument_caches
 class Relay:
     """A TCP relay on loopback to `upstream` (a fixed `port`, or any free one): counts
     the connections it accepted, and holds the upstream's replies while `gate` is clear,
-    counting the bytes it holds. With a fixed port, memcached "comes back" on a port
-    where nothing listened before."""
+    counting the bytes it holds. While `intake` is clear it stops reading what clients
+    send, so a large enough write fills the socket buffers and cannot drain. With a
+    fixed port, the server "comes back" on a port where nothing listened before."""
 
     def __init__(self, upstream: tuple[str, int], port: int = 0) -> None:
         self.upstream, self.port = upstream, port
@@ -26,6 +27,8 @@ class Relay:
         self.held = 0
         self.gate = asyncio.Event()
         self.gate.set()
+        self.intake = asyncio.Event()
+        self.intake.set()
         self.server: asyncio.Server | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -39,10 +42,14 @@ class Relay:
         self.accepted += 1
         up_reader, up_writer = await asyncio.open_connection(*self.upstream)
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, held: bool) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool) -> None:
             try:
-                while data := await src.read(65536):
-                    if held and not self.gate.is_set():
+                while True:
+                    if not replies:
+                        await self.intake.wait()
+                    if not (data := await src.read(65536)):
+                        break
+                    if replies and not self.gate.is_set():
                         self.held += len(data)
                         await self.gate.wait()
                     dst.write(data)
@@ -60,6 +67,8 @@ class Relay:
             task.add_done_callback(self.tasks.discard)
 
     async def stop(self) -> None:
+        self.gate.set()
+        self.intake.set()
         if self.server is not None:
             self.server.close()
         for task in list(self.tasks):
