@@ -38,25 +38,47 @@ __all__ = ["PROTOBUF", "RabbitConnection", "printable", "unreadable"]
 PROTOBUF = "application/protobuf"
 
 
+_LENGTH = struct.Struct(">I")
+_LONG_STRING = ord("S")
+
+
 def _lenient_table(value: bytes) -> tuple[int, common.FieldTable]:
     # pamqp.decode.field_table, but a key that is not UTF-8 is kept (surrogateescape).
+    # Long strings (type S: nearly every header, the context ones included) are read in
+    # place; pamqp decodes each value from two copies of the rest of the table, which
+    # made the headers about 6% of a delivery's CPU on the consume path.
+    unpack = _LENGTH.unpack_from
     try:
-        length = common.Struct.integer.unpack(value[0:4])[0]
+        length = unpack(value, 0)[0]
         offset, end = 4, 4 + length
         if end > len(value):
             raise ValueError("Field table length exceeds available data")
         data: dict[str, common.FieldValue] = {}
         while offset < end:
-            key_length = common.Struct.byte.unpack_from(value, offset)[0]
+            key_length = value[offset]
             offset += 1
             if offset + key_length > end:
                 raise ValueError("Field table key length exceeds data")
             key = value[offset : offset + key_length].decode("utf-8", "surrogateescape")
             offset += key_length
-            consumed, data[key] = decode.embedded_value(value[offset:])
+            if value[offset] == _LONG_STRING:
+                size = unpack(value, offset + 1)[0]
+                start = offset + 5
+                if start + size > end:
+                    raise ValueError("Field table value length exceeds data")
+                raw = value[start : start + size]
+                try:
+                    data[key] = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    data[key] = raw  # as pamqp: the bytes, for the consumer to refuse
+                offset = start + size
+                continue
+            consumed, data[key] = decode.embedded_value(value[offset:end])
             offset += consumed
+        if offset != end:
+            raise ValueError("Field table value length exceeds data")
         return end, data
-    except (struct.error, TypeError) as err:
+    except (struct.error, TypeError, IndexError) as err:
         raise ValueError("Could not unpack data") from err
 
 
