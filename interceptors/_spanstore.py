@@ -27,6 +27,11 @@ from opentelemetry.trace import format_span_id, format_trace_id
 
 __all__ = ["JsonLinesSpanExporter", "span_to_dict"]
 
+# One encoder for every span: json.dumps with an option builds a new one per call (about
+# 3 µs of a span's 25 µs export), and a span's record is a fresh tree of dicts, lists
+# and scalars, so the check for cycles has nothing to find.
+_ENCODE = json.JSONEncoder(default=str, check_circular=False).encode
+
 
 def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
     """The JSON-lines record of one finished span."""
@@ -88,7 +93,7 @@ class JsonLinesSpanExporter(SpanExporter):
         self._path: Path | None = None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = "".join(json.dumps(span_to_dict(s), default=str) + "\n" for s in spans)
+        lines = "".join(_ENCODE(span_to_dict(s)) + "\n" for s in spans)
         path = self.folder / f"spans-{time.strftime('%Y%m%d', time.gmtime())}.jsonl"
         with self._lock:
             try:
