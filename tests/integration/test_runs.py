@@ -20,7 +20,6 @@ import pytest
 import redis.asyncio as aioredis
 from agentflux.v1 import gateway_pb2, types_pb2
 from google.protobuf import struct_pb2
-from redis.asyncio.connection import Connection
 from redis.exceptions import ResponseError
 
 from services.runs import (
@@ -33,7 +32,7 @@ from services.runs import (
     finished,
     run_together,
 )
-from services.runtime.adapters.redis import connect_redis
+from services.runtime.adapters.redis import LeanConnection, connect_redis
 from services.runtime.config import Settings
 from tests.integration.runtime_kit import eventually
 
@@ -609,16 +608,16 @@ async def test_a_snapshot_reads_run_cancel_memory_and_session_at_once(store: Run
 
 @contextlib.contextmanager
 def round_trips() -> Iterator[list[int]]:
-    """Counts the round trips every Redis connection makes meanwhile (a command, or a
-    whole pipeline, is sent as one packed write)."""
+    """Counts the round trips every connection of the project's Redis client makes
+    meanwhile (a command, or a whole pipeline, is sent as one packed write)."""
     sent = [0]
-    original = Connection.send_packed_command
+    original = LeanConnection.send_packed_command
 
-    async def counting(self: Connection, *args: Any, **kwargs: Any) -> None:
+    async def counting(self: LeanConnection, *args: Any, **kwargs: Any) -> None:
         sent[0] += 1
         await original(self, *args, **kwargs)
 
-    with mock.patch.object(Connection, "send_packed_command", counting):
+    with mock.patch.object(LeanConnection, "send_packed_command", counting):
         yield sent
 
 
