@@ -108,6 +108,10 @@ def test_a_name_or_string_that_is_not_utf8_is_kept() -> None:
         ),
         pytest.param(_framed(_entry(b"k", b"S", b"\x00\x00")), id="string length cut short"),
         pytest.param(_framed(_entry(b"k", b"S", b"")[:-1]), id="type missing"),
+        pytest.param(
+            _framed(_entry(b"k", b"S", b"")[:-1]) + b"t\x01",
+            id="type missing, the next property's bytes after the table",
+        ),
         pytest.param(_framed(_entry(b"k", b"?", b"")), id="unknown type"),
     ],
 )

@@ -61,6 +61,8 @@ def _lenient_table(value: bytes) -> tuple[int, common.FieldTable]:
                 raise ValueError("Field table key length exceeds data")
             key = value[offset : offset + key_length].decode("utf-8", "surrogateescape")
             offset += key_length
+            if offset >= end:  # a name without a value: its type would be read past the end
+                raise ValueError("Field table value length exceeds data")
             if value[offset] == _LONG_STRING:
                 size = unpack(value, offset + 1)[0]
                 start = offset + 5
