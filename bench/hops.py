@@ -1614,14 +1614,14 @@ async def bench_redis(
     stack.callback(uninstrument_caches)
     stack.callback(stock.uninstrument)  # whatever a failed round left on
     client = redis_for(stack, settings, prefix)
+    lean_pool = client.connection_pool
+    assert isinstance(lean_pool, aioredis.BlockingConnectionPool)
+    # redis-py's own pool and connection class, with the project client's settings.
     plain = aioredis.Redis.from_pool(
-        aioredis.BlockingConnectionPool.from_url(
-            settings.redis_dsn,
-            max_connections=64,
-            timeout=5.0,
-            socket_connect_timeout=5.0,
-            socket_timeout=5.0,
-            health_check_interval=30,
+        aioredis.BlockingConnectionPool(
+            max_connections=lean_pool.max_connections,
+            timeout=lean_pool.timeout,
+            **lean_pool.connection_kwargs,
         )
     )
     stack.push_async_callback(plain.aclose)

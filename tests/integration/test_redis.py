@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
@@ -86,8 +87,8 @@ async def test_pipeline_runs_commands_atomically_in_order(
 @pytest.fixture
 async def relay(settings: Settings) -> AsyncIterator[Relay]:
     """A relay to the real Redis (connection counts, replies held, reads stopped)."""
-    kwargs = connect_redis(settings).connection_pool.connection_kwargs
-    relay = Relay((kwargs["host"], kwargs["port"]))
+    dsn = urlsplit(settings.redis_dsn)
+    relay = Relay((dsn.hostname or "127.0.0.1", dsn.port or 6379))
     await relay.start()
     yield relay
     await relay.stop()
