@@ -11,13 +11,19 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agentflux.v1 import events_pb2, types_pb2
 from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka.admin import AdminClient
 
-from services.runtime.adapters.kafka import KafkaConsumer, KafkaProducer, producer_config
+from services.runtime.adapters.kafka import (
+    Delivered,
+    KafkaConsumer,
+    KafkaProducer,
+    producer_config,
+)
 from services.runtime.config import Settings
 from services.runtime.contracts import registry
 from services.runtime.topology import ensure_kafka_topics, kafka_topics
@@ -234,6 +240,41 @@ async def test_producer_is_idempotent(
     assert len(producer_ids) == 1
     assert producer_ids.pop() >= 0  # -1 would mean "not idempotent"
     assert [b[3] for b in batches] == [0, 1, 2]
+
+
+async def test_a_burst_of_produces_is_acknowledged_in_few_loop_wake_ups(
+    settings: Settings, topic: str, producer: KafkaProducer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reports of one poll() reach the loop in one hand-over (each is a self-pipe
+    write), and a caller that gave up does not keep the others of its batch waiting."""
+    await producer.produce(topic, b"warm", key=b"k-warm")  # connected, producer id known
+    loop = asyncio.get_running_loop()
+    wakes = 0
+    real = loop.call_soon_threadsafe
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal wakes
+        wakes += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    n = 300
+    sends = [
+        asyncio.ensure_future(producer.produce(topic, b"v%d" % i, key=b"k%d" % (i % 30)))
+        for i in range(n)
+    ]
+    await asyncio.sleep(0)  # one turn of the loop: every send has produced its record
+    sends[7].cancel()  # and this one gives up before its ack
+    results = await asyncio.gather(*sends, return_exceptions=True)
+    monkeypatch.undo()
+
+    assert isinstance(results[7], asyncio.CancelledError)
+    delivered = [r for r in results if not isinstance(r, BaseException)]
+    assert len(delivered) == n - 1
+    # Every record landed once: offsets are distinct within each partition.
+    positions = {(d.partition, d.offset) for d in delivered if isinstance(d, Delivered)}
+    assert len(positions) == n - 1
+    assert 0 < wakes <= n // 2, f"{wakes} wake-ups for {n} reports"
 
 
 async def test_produce_to_missing_topic_raises(settings: Settings, prefix: str) -> None:

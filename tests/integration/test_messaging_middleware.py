@@ -23,6 +23,7 @@ from typing import Any
 import aio_pika
 import pytest
 from agentflux.v1 import events_pb2, tasks_pb2, types_pb2
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import Message as Record
 from confluent_kafka.admin import AdminClient
 from opentelemetry.sdk.trace import ReadableSpan
@@ -129,11 +130,31 @@ async def kit(settings: Settings, prefix: str) -> AsyncIterator[Kit]:
             for exchange in (topo.exchange, topo.retry_exchange, topo.dead_letter_exchange):
                 await admin.channel.exchange_delete(exchange)
         kafka = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
-        futures = list(kafka.delete_topics([t.name for t in topics]).values())
-        if kit.groups:
-            futures += kafka.delete_consumer_groups(kit.groups).values()
-        for fut in futures:
+        for fut in kafka.delete_topics([t.name for t in topics]).values():
             await asyncio.wrap_future(fut)
+        await delete_groups(kafka, kit.groups)
+
+
+async def delete_groups(admin: AdminClient, groups: list[str]) -> None:
+    """Deletes `groups`. A consumer's close sends its LeaveGroup without waiting for the
+    coordinator, so a group can still look non-empty for a moment: that one is retried
+    until the leave went through. A group that never joined has nothing to delete."""
+    deadline = time.monotonic() + 30
+    left = list(groups)
+    while left:
+        retry = []
+        for group, fut in admin.delete_consumer_groups(left).items():
+            try:
+                await asyncio.wrap_future(fut)
+            except KafkaException as exc:
+                code = exc.args[0].code()
+                if code == KafkaError.NON_EMPTY_GROUP and time.monotonic() < deadline:
+                    retry.append(group)
+                elif code != KafkaError.GROUP_ID_NOT_FOUND:
+                    raise
+        left = retry
+        if left:
+            await asyncio.sleep(0.1)  # polling for the condition: the leave went through
 
 
 @pytest.fixture

@@ -2,13 +2,16 @@
 
 librdkafka does its network work on its own threads; what blocks is waiting for
 delivery reports (producer) and for records (consumer). The producer serves delivery
-reports on one small thread and hands them to the event loop; the consumer runs
-`consume()` batches on a single-thread executor so the loop never blocks.
+reports on one small thread and hands them to the event loop, all the reports of one
+`poll()` at once; the consumer runs `consume()` batches on a single-thread executor so the
+loop never blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Sequence
@@ -102,6 +105,11 @@ class KafkaProducer:
         # librdkafka refuses larger records locally, before the broker's own limit.
         self.max_message_bytes = int(conf.get("message.max.bytes", 1_000_000))
         self._closed = threading.Event()
+        # Reports the poller's poll() served but not yet handed to their loops. Each
+        # hand-over wakes a loop through its self-pipe, a system call (tens of µs here),
+        # so the reports of one poll() go in one hand-over instead of one each.
+        self._reports: list[tuple[asyncio.Future[Delivered], KafkaError | None, Message]] = []
+        self._reports_lock = threading.Lock()
         self._poller = threading.Thread(
             target=self._serve_reports, name="kafka-producer", daemon=True
         )
@@ -112,6 +120,34 @@ class KafkaProducer:
         # long close() waits for this thread; it is not a busy loop.
         while not self._closed.is_set():
             self._producer.poll(0.2)
+            self._hand_over()
+
+    def _report(
+        self, done: asyncio.Future[Delivered], err: KafkaError | None, msg: Message
+    ) -> None:
+        # librdkafka calls this from poll() or flush(), on the thread that called them.
+        if threading.get_ident() != self._poller.ident:
+            # flush() (on a worker thread) can run for seconds: no holding reports back.
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+                done.get_loop().call_soon_threadsafe(_settle_all, [(done, err, msg)])
+            return
+        with self._reports_lock:
+            self._reports.append((done, err, msg))
+
+    def _hand_over(self) -> None:
+        """Gives the reports served so far to the loops waiting on them: one wake-up per
+        loop (a producer is normally used from one)."""
+        with self._reports_lock:
+            if not self._reports:
+                return
+            reports, self._reports = self._reports, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for report in reports:
+            by_loop.setdefault(report[0].get_loop(), []).append(report)
+        for loop, batch in by_loop.items():
+            # A closed loop raises RuntimeError: nobody is waiting for these any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle_all, batch)
 
     async def produce(
         self,
@@ -127,12 +163,8 @@ class KafkaProducer:
         record too large, broker unreachable past `message.timeout.ms`)."""
         if self._closed.is_set():
             raise RuntimeError("producer is closed")
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[Delivered] = loop.create_future()
-
-        def report(err: KafkaError | None, msg: Message) -> None:
-            loop.call_soon_threadsafe(_settle, done, err, msg)
-
+        done: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
+        report = functools.partial(self._report, done)
         while True:
             try:
                 self._producer.produce(
@@ -165,13 +197,16 @@ class KafkaProducer:
         await asyncio.to_thread(self._poller.join)
 
 
-def _settle(done: asyncio.Future[Delivered], err: KafkaError | None, msg: Message) -> None:
-    if done.done():  # the caller gave up (cancelled); nothing to tell
-        return
-    if err is not None:
-        done.set_exception(KafkaException(err))
-    else:
-        done.set_result(Delivered(msg.topic() or "", msg.partition() or 0, msg.offset() or 0))
+def _settle_all(
+    reports: list[tuple[asyncio.Future[Delivered], KafkaError | None, Message]],
+) -> None:
+    for done, err, msg in reports:
+        if done.done():  # the caller gave up (cancelled); nothing to tell
+            continue
+        if err is not None:
+            done.set_exception(KafkaException(err))
+        else:
+            done.set_result(Delivered(msg.topic() or "", msg.partition() or 0, msg.offset() or 0))
 
 
 class RebalanceListener(Protocol):
