@@ -11,8 +11,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
@@ -150,11 +149,22 @@ def current() -> FluxContext | None:
     return _current.get()
 
 
-@contextmanager
-def bind(ctx: FluxContext) -> Iterator[FluxContext]:
+class _Binding:
+    # A class rather than a @contextmanager generator: bound around every handled message
+    # and call, where the generator's machinery cost about 2 µs more.
+    __slots__ = ("ctx", "token")
+
+    def __init__(self, ctx: FluxContext) -> None:
+        self.ctx = ctx
+
+    def __enter__(self) -> FluxContext:
+        self.token = _current.set(self.ctx)
+        return self.ctx
+
+    def __exit__(self, *exc: object) -> None:
+        _current.reset(self.token)
+
+
+def bind(ctx: FluxContext) -> AbstractContextManager[FluxContext]:
     """Binds `ctx` for the duration of the block (restored afterwards, task-local)."""
-    token = _current.set(ctx)
-    try:
-        yield ctx
-    finally:
-        _current.reset(token)
+    return _Binding(ctx)

@@ -8,6 +8,7 @@ on the consumer span. A bad value is never propagated further."""
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -16,8 +17,18 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagate import get_global_textmap
-from opentelemetry.propagators.textmap import Getter, Setter
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from interceptors._carriers import (
     CONTEXT_KEYS,
@@ -33,14 +44,35 @@ __all__ = ["Extracted", "cloud_event", "emitted_context", "extract", "inject", "
 
 C = TypeVar("C")
 PROTOBUF = "application/protobuf"
+BAGGAGE = "baggage"
 # ASCII digits only: int() would also take "1_000", " 12 ", non-ASCII digits, and a
 # few hundred digits that overflow a float. 16 digits reach far past year 9999.
 _EPOCH_MS = re.compile(r"[0-9]{1,16}")
 
 
+# Every emitted event carries its time: the date and time of day are formatted once per
+# second (datetime's formatting was about 2.7 µs of an emit), the microseconds each time.
+_second: tuple[int, str] = (-1, "")
+
+
 def rfc3339(ts: float) -> str:
-    """`ts` (epoch seconds) as an RFC 3339 UTC timestamp, as CloudEvents `time` wants."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """`ts` (epoch seconds) as an RFC 3339 UTC timestamp with microseconds, as CloudEvents
+    `time` wants: `2026-11-27T22:00:00.123456Z`."""
+    global _second
+    # Split and rounded as datetime.fromtimestamp does (half to even on the fraction), so
+    # the text is the same as its isoformat's.
+    frac, seconds = math.modf(ts)
+    micros = round(frac * 1e6)
+    if micros >= 1_000_000:
+        micros, seconds = micros - 1_000_000, seconds + 1
+    elif micros < 0:
+        micros, seconds = micros + 1_000_000, seconds - 1
+    whole = int(seconds)
+    cached, prefix = _second
+    if whole != cached:
+        prefix = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second = (whole, prefix)
+    return f"{prefix}.{micros:06d}Z"
 
 
 def parse_rfc3339(value: str) -> float | None:
@@ -122,7 +154,7 @@ def extract(getter: Getter[C], carrier: C, transport: str, *, strict: bool) -> E
             raise bad
         rejected.append(bad)
         del values[TRACESTATE]  # keep the trace, drop the bad tracestate
-    parent = get_global_textmap().extract(values) if trace_ok else otel_context.Context()
+    parent = _trace_parent(values) if trace_ok else otel_context.Context()
 
     if "correlation_id" not in fields:
         fields["correlation_id"] = new_id()
@@ -131,6 +163,51 @@ def extract(getter: Getter[C], carrier: C, transport: str, *, strict: bool) -> E
         fields["event_id"] = new_id()
     attributes = {k: v for k in _ATTRIBUTES if (v := values.get(k))}
     return Extracted(FluxContext(**fields), parent, rejected, attributes, given)
+
+
+def _is_default(textmap: TextMapPropagator) -> bool:
+    """Whether `textmap` is OpenTelemetry's default: W3C trace context, then baggage."""
+    # CompositePropagator keeps its parts in a private list: a version without it, or
+    # any other propagator (B3, Jaeger, a vendor's), takes the propagator's own path.
+    parts = getattr(textmap, "_propagators", None)
+    return (
+        type(textmap) is CompositePropagator
+        and isinstance(parts, list)
+        and [type(p) for p in parts] == [TraceContextTextMapPropagator, W3CBaggagePropagator]
+    )
+
+
+_default_checked: tuple[TextMapPropagator | None, bool] = (None, False)
+
+
+def _trace_parent(values: dict[str, str]) -> otel_context.Context:
+    """The producer's span as a remote parent, read from `values` (a traceparent, when
+    present, already passed `valid_traceparent`).
+
+    With the default propagator and no baggage this builds what its `extract` would,
+    without its second parse of the traceparent (about 8 of an extract's 18 µs)."""
+    global _default_checked
+    textmap = get_global_textmap()
+    checked, default = _default_checked
+    if textmap is not checked:
+        default = _is_default(textmap)
+        _default_checked = (textmap, default)
+    if not default or BAGGAGE in values:
+        return textmap.extract(values)
+    tp = values.get(TRACEPARENT)
+    if tp is None:
+        return otel_context.Context()
+    ts = values.get(TRACESTATE)
+    span = NonRecordingSpan(
+        SpanContext(
+            trace_id=int(tp[3:35], 16),
+            span_id=int(tp[36:52], 16),
+            is_remote=True,
+            trace_flags=TraceFlags(int(tp[53:55], 16)),
+            trace_state=None if ts is None else TraceState.from_header([ts]),
+        )
+    )
+    return set_span_in_context(span, otel_context.Context())
 
 
 def _parse(field_name: str, key: str, raw: str) -> Any:

@@ -6,8 +6,8 @@ and still appear as themselves in a trace."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property
@@ -137,15 +137,24 @@ class Telemetry:
 _serving: ContextVar[Telemetry | None] = ContextVar("agentflux_telemetry", default=None)
 
 
-@contextmanager
-def serving(telemetry: Telemetry) -> Iterator[None]:
+class _Serving:
+    # A class rather than a @contextmanager generator, as `bind` (around every message).
+    __slots__ = ("telemetry", "token")
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+
+    def __enter__(self) -> None:
+        self.token = _serving.set(self.telemetry)
+
+    def __exit__(self, *exc: object) -> None:
+        _serving.reset(self.token)
+
+
+def serving(telemetry: Telemetry) -> AbstractContextManager[None]:
     """Marks the block as work of `telemetry`'s service (set around every handled call
     and message), so process-wide instrumentation attributes its spans correctly."""
-    token = _serving.set(telemetry)
-    try:
-        yield
-    finally:
-        _serving.reset(token)
+    return _Serving(telemetry)
 
 
 class RoutingTracerProvider(trace.TracerProvider):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import time
 from collections.abc import Iterator
@@ -9,14 +10,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.context import Context
+from opentelemetry.propagate import get_global_textmap, set_global_textmap
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import SpanContext
 
 from interceptors._carriers import AMQP, CONTEXT_KEYS, GRPC, KAFKA
 from interceptors._context import FluxContext, check_id
 from interceptors._errors import ContextValueError
-from interceptors._propagation import Extracted, cloud_event, extract, inject
+from interceptors._propagation import Extracted, cloud_event, extract, inject, rfc3339
 from interceptors._telemetry import Telemetry
 
 MESSAGES = ("kafka", "amqp")
@@ -455,3 +458,75 @@ def test_a_later_traceparent_version_continues_the_trace(
     parent = parent_span(got.trace_parent)
     assert format(parent.trace_id, "032x") == TRACE_ID
     assert format(parent.span_id, "016x") == SPAN_ID
+
+
+# --- the fast paths: the same results as the library's own ---------------------------
+
+
+def test_rfc3339_is_datetimes_isoformat_to_the_microsecond() -> None:
+    rng = random.Random(3339)
+    stamps = [0.0, 0.9999995, 1.0000005, -0.0000005, 1e9 + 0.5, 1799999999.9999995]
+    stamps += [rng.uniform(-4e9, 4e9) for _ in range(3000)]
+    now = time.time()
+    stamps += [now + rng.uniform(-3, 3) for _ in range(3000)]  # the cached second, and not
+    stamps += [round(rng.uniform(0, 2e9), 6) + rng.choice((5e-7, -5e-7)) for _ in range(3000)]
+    for ts in stamps:
+        expected = datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
+        assert rfc3339(ts) == expected.replace("+00:00", "Z"), ts
+    assert RFC3339.fullmatch(rfc3339(now))
+
+
+TRACESTATE = "vendor1=opaque,vendor2=x-1"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-01"},
+        {"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-00", "tracestate": TRACESTATE},
+        {"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-03", "tracestate": ""},
+        {"traceparent": f"01-{TRACE_ID}-{SPAN_ID}-01-what-version-1-adds"},
+        {},
+    ],
+)
+def test_the_parent_is_what_the_default_propagator_extracts(headers: dict[str, str]) -> None:
+    carrier = [(k, v.encode()) for k, v in headers.items()]
+    got = extract(KAFKA, carrier, "kafka", strict=False).trace_parent
+    want = get_global_textmap().extract(dict(headers))
+    assert parent_span(got) == parent_span(want)
+    assert parent_span(got).trace_state == parent_span(want).trace_state
+
+
+def test_baggage_and_another_propagator_go_through_the_propagator() -> None:
+    carrier = [
+        ("traceparent", f"00-{TRACE_ID}-{SPAN_ID}-01".encode()),
+        ("baggage", b"plan=gold,region=eu"),
+    ]
+    got = extract(KAFKA, carrier, "kafka", strict=False).trace_parent
+    assert baggage.get_all(got) == {"plan": "gold", "region": "eu"}
+    assert format(parent_span(got).trace_id, "032x") == TRACE_ID
+
+    class Only(TextMapPropagator):
+        """A propagator of its own: every extract gives the same fixed parent."""
+
+        parent = SpanContext(0xABC, 0xDEF, is_remote=True)
+
+        def extract(
+            self, carrier: Any, context: Context | None = None, getter: Any = None
+        ) -> Context:
+            return trace.set_span_in_context(trace.NonRecordingSpan(self.parent), Context())
+
+        def inject(self, carrier: Any, context: Context | None = None, setter: Any = None) -> None:
+            pass
+
+        @property
+        def fields(self) -> set[str]:
+            return set()
+
+    before = get_global_textmap()
+    set_global_textmap(Only())
+    try:
+        got = extract(KAFKA, carrier[:1], "kafka", strict=False).trace_parent
+    finally:
+        set_global_textmap(before)
+    assert parent_span(got) == Only.parent
