@@ -1881,6 +1881,99 @@ def report(results: Sequence[HopResult]) -> str:
     return "\n".join(parts)
 
 
+@dataclass(frozen=True, slots=True)
+class AcrossRuns:
+    """One agentflux row's ratios to its hop's stock baseline, run by run (None where
+    that run had no such row or no throughput round)."""
+
+    label: str
+    p50: list[float | None]
+    p99: list[float | None]
+    cpu: list[float | None]
+
+    @staticmethod
+    def median(values: list[float | None]) -> float | None:
+        got = [v for v in values if v is not None]
+        return statistics.median(got) if got else None
+
+
+def across(runs: Sequence[Sequence[HopResult]]) -> list[AcrossRuns]:
+    """Every agentflux row that has a stock baseline, in the order of the first run
+    that has it, with its ratios in each run."""
+    labels: list[str] = []
+    for results in runs:
+        for result in results:
+            for row in result.rows:
+                if row.stock is not None and row.label not in labels:
+                    labels.append(row.label)
+    out = []
+    for label in labels:
+        p50: list[float | None] = []
+        p99: list[float | None] = []
+        cpu: list[float | None] = []
+        for results in runs:
+            rows = {row.label: row for r in results for row in r.rows}
+            rates = {rate.hop + f" [{rate.variant}]": rate for r in results for rate in r.rates}
+            found = rows.get(label)
+            p50.append(found.stock_ratio_p50 if found else None)
+            p99.append(found.stock_ratio_p99 if found else None)
+            burst = rates.get(label)
+            cpu.append(burst.stock_cpu_ratio if burst else None)
+        out.append(AcrossRuns(label, p50, p99, cpu))
+    return out
+
+
+def across_runs(runs: Sequence[Sequence[HopResult]]) -> str:
+    """The agentflux rows' ratios to stock in each run and their medians: one run's
+    ratio moves with the machine's spells, the median of several less."""
+
+    def each(values: list[float | None]) -> str:
+        return " / ".join(_x(v) if v is not None else "-" for v in values)
+
+    body = [
+        [
+            a.label,
+            each(a.p50),
+            _x(AcrossRuns.median(a.p50)),
+            each(a.p99),
+            _x(AcrossRuns.median(a.p99)),
+            each(a.cpu),
+            _x(AcrossRuns.median(a.cpu)),
+        ]
+        for a in across(runs)
+    ]
+    if not body:
+        return "No agentflux row with a stock baseline finished."
+    header = [
+        "hop [variant]",
+        "p50 vs stock, each run",
+        "median",
+        "p99 vs stock, each run",
+        "median",
+        "CPU/op vs stock, each run",
+        "median",
+    ]
+    return (
+        "Ratios to each hop's stock baseline (as in the tables above), run by run, and "
+        "their median.\n" + _markdown(header, body)
+    )
+
+
+def across_runs_json(runs: Sequence[Sequence[HopResult]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "label": a.label,
+            "stock_ratio_p50": a.p50,
+            "stock_ratio_p99": a.p99,
+            "stock_cpu_ratio": a.cpu,
+            "median_stock_ratio_p50": AcrossRuns.median(a.p50),
+            "median_stock_ratio_p99": AcrossRuns.median(a.p99),
+            "median_stock_cpu_ratio": AcrossRuns.median(a.cpu),
+        }
+        for a in across(runs)
+    ]
+
+
 def to_json(
     results: Sequence[HopResult],
     failures: dict[str, str],
@@ -1988,47 +2081,69 @@ async def run(args: argparse.Namespace) -> int:
         f"agentflux bench: {', '.join(selected)} ({'quick' if args.quick else 'full'}); "
         f"names under {prefix}; {os.cpu_count()} CPUs, load {load_start[0]:.2f}"
     )
-    results: list[HopResult] = []
+    runs: list[list[HopResult]] = []
     failures: dict[str, str] = {}
     t_all = time.monotonic()
-    for name in selected:
-        plan = plans[name]
-        log(
-            f"{name}: {plan.n} timed ops per variant in {plan.rounds} rounds "
-            f"(+{plan.warmup} warm-up)"
-        )
-        t0 = time.monotonic()
-        before = os.getloadavg()
-        try:
-            async with _hop_scope(name) as stack:
-                result = await HOPS[name](settings, plan, stack, f"{prefix}{name}.")
-        except Exception as exc:
-            failures[name] = repr(exc)
-            log(f"{name}: FAILED: {exc!r}")
-            continue
-        result.seconds = time.monotonic() - t0
-        result.loadavg = (before, os.getloadavg())
-        results.append(result)
-        log(f"{name}: done in {result.seconds:.1f} s")
-        for row in result.rows:
-            if row.kind == RAW:
-                continue
-            against = f", {_x(row.stock_ratio_p50)} stock" if row.stock else ""
-            log(
-                f"  {row.variant}: p50 {_ms(row.stats.p50)} ms vs raw {_ms(row.raw.p50)} ms "
-                f"({row.ratio_p50:.2f}x{against})"
-            )
+    for k in range(args.runs):
+        if args.runs > 1:
+            log(f"run {k + 1} of {args.runs}")
+        results = []
+        for name in selected:
+            # Each run's names are its own: a run never meets the last one's records.
+            where = f"{prefix}{name}." if args.runs == 1 else f"{prefix}r{k + 1}.{name}."
+            result = await _run_hop(settings, name, plans[name], where, failures, k)
+            if result is not None:
+                results.append(result)
+        runs.append(results)
     log(f"all hops in {time.monotonic() - t_all:.1f} s")
 
-    print(report(results))
+    for k, results in enumerate(runs):
+        if args.runs > 1:
+            print(f"{'' if k == 0 else chr(10)}## Run {k + 1} of {args.runs}\n")
+        print(report(results))
+    if args.runs > 1:
+        print(f"\n## Across the {args.runs} runs\n")
+        print(across_runs(runs))
     if failures:
         print("\nFailed hops: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
     if args.json:
-        doc = to_json(results, failures, args, plans, started, (load_start, os.getloadavg()))
+        load = (load_start, os.getloadavg())
+        doc = to_json(runs[0], failures, args, plans, started, load)
+        if args.runs > 1:
+            doc["runs"] = [to_json(r, {}, args, plans, started, load) for r in runs]
+            doc["across_runs"] = across_runs_json(runs)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
         log(f"results written to {args.json}")
     return 1 if failures else 0
+
+
+async def _run_hop(
+    settings: Settings, name: str, plan: Plan, prefix: str, failures: dict[str, str], k: int
+) -> HopResult | None:
+    """One hop, logged; None (and the reason in `failures`) when it failed."""
+    log(f"{name}: {plan.n} timed ops per variant in {plan.rounds} rounds (+{plan.warmup} warm-up)")
+    t0 = time.monotonic()
+    before = os.getloadavg()
+    try:
+        async with _hop_scope(name) as stack:
+            result = await HOPS[name](settings, plan, stack, prefix)
+    except Exception as exc:
+        failures[name if k == 0 else f"{name} (run {k + 1})"] = repr(exc)
+        log(f"{name}: FAILED: {exc!r}")
+        return None
+    result.seconds = time.monotonic() - t0
+    result.loadavg = (before, os.getloadavg())
+    log(f"{name}: done in {result.seconds:.1f} s")
+    for row in result.rows:
+        if row.kind == RAW:
+            continue
+        against = f", {_x(row.stock_ratio_p50)} stock" if row.stock else ""
+        log(
+            f"  {row.variant}: p50 {_ms(row.stats.p50)} ms vs raw {_ms(row.raw.p50)} ms "
+            f"({row.ratio_p50:.2f}x{against})"
+        )
+    return result
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -2052,8 +2167,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="NAME",
         help=f"hops to run (default all): {', '.join(HOP_NAMES)}",
     )
+    parser.add_argument(
+        "--runs",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="repeat the whole measurement N times and add a table of each agentflux "
+        "row's ratios to stock in every run and their median (default 1)",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
     return parser.parse_args(argv)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
