@@ -185,7 +185,7 @@ def _trace_parent(values: dict[str, str]) -> otel_context.Context:
     present, already passed `valid_traceparent`).
 
     With the default propagator and no baggage this builds what its `extract` would,
-    without its second parse of the traceparent (about 8 of an extract's 18 µs)."""
+    without its second parse of the traceparent (about 4 of an extract's 16 µs)."""
     global _default_checked
     textmap = get_global_textmap()
     checked, default = _default_checked
