@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Tracer
 
+from interceptors._context import Bound
 from interceptors._spanstore import JsonLinesSpanExporter
 from services.runtime.config import Settings
 
@@ -137,24 +138,10 @@ class Telemetry:
 _serving: ContextVar[Telemetry | None] = ContextVar("agentflux_telemetry", default=None)
 
 
-class _Serving:
-    # A class rather than a @contextmanager generator, as `bind` (around every message).
-    __slots__ = ("telemetry", "token")
-
-    def __init__(self, telemetry: Telemetry) -> None:
-        self.telemetry = telemetry
-
-    def __enter__(self) -> None:
-        self.token = _serving.set(self.telemetry)
-
-    def __exit__(self, *exc: object) -> None:
-        _serving.reset(self.token)
-
-
-def serving(telemetry: Telemetry) -> AbstractContextManager[None]:
+def serving(telemetry: Telemetry) -> AbstractContextManager[Telemetry]:
     """Marks the block as work of `telemetry`'s service (set around every handled call
     and message), so process-wide instrumentation attributes its spans correctly."""
-    return _Serving(telemetry)
+    return Bound(_serving, telemetry)
 
 
 class RoutingTracerProvider(trace.TracerProvider):
