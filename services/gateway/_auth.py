@@ -4,8 +4,11 @@ With `auth = "required"` (the default) a call presents a key as `authorization: 
 <key>` or `x-api-key: <key>`; the key's record names the tenant. A missing, unknown or
 revoked key is UNAUTHENTICATED with one message for all three, so a caller learns nothing
 about which keys exist (the log says which, naming a key by its public id only, never the
-key). Each call reads the key's record (one Redis round trip, no cache), so a revoked key
-fails on its next call. The key alone names the tenant: an `x-tenant-id` header naming
+key). Each call reads the key's record (no cache of records), so a revoked key fails on its
+next call. Once a key's tenant is known (a key never changes tenant), the record is read in
+the same Redis script that counts the call against that tenant's rate limit, and the
+script counts it only if the record is still a live key of that tenant: one round trip a
+call instead of two. The key alone names the tenant: an `x-tenant-id` header naming
 another tenant is ignored (and logged), so a key can never reach another tenant's runs,
 and no answer differs by whether that tenant exists.
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import redis.asyncio as aioredis
@@ -37,7 +40,7 @@ from interceptors import (
     wrap_handler,
 )
 from services.gateway._limits import RateLimiter
-from services.runtime.apikeys import ApiKeyStore
+from services.runtime.apikeys import ApiKeyStore, record_of
 from services.runtime.bearer import CREDENTIAL_KEYS
 from services.runtime.config import Settings
 
@@ -49,6 +52,9 @@ if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
 
 EXEMPT = ("/grpc.health.v1.", "/grpc.reflection.")
+# Record key -> tenant of the keys seen live; bounded (emptied when full): a miss only costs
+# the call a second round trip.
+_TENANTS_KNOWN = 4096
 NEED_KEY = (
     "a valid API key is required: send `authorization: Bearer <key>` or `x-api-key: <key>` "
     "(an operator makes one with `agentflux tenants add TENANT`)"
@@ -81,6 +87,7 @@ class Authenticator:
         self.settings = settings
         self.store = store
         self.required = settings.auth == "required"
+        self._tenants: dict[str, str] = {}
         if not self.required:
             log.warning(
                 "AGENTFLUX_AUTH=off: gateway calls are not authenticated; any caller acts as "
@@ -88,24 +95,50 @@ class Authenticator:
                 settings.tenant,
             )
 
-    async def context(self, metadata: Iterable[tuple[str, Any]], ctx: FluxContext) -> FluxContext:
-        """`ctx` with the caller's tenant, or UNAUTHENTICATED / PERMISSION_DENIED."""
+    async def context(
+        self,
+        metadata: Iterable[tuple[str, Any]],
+        ctx: FluxContext,
+        limiter: RateLimiter | None = None,
+    ) -> FluxContext:
+        """`ctx` with the caller's tenant, or UNAUTHENTICATED / PERMISSION_DENIED. With a
+        `limiter`, the call is also admitted under its tenant's rate limit once the key
+        is known good (RESOURCE_EXHAUSTED): a flood of bad keys costs no tenant its quota."""
         if not self.required:
-            return ctx.with_(tenant_id=ctx.tenant_id or self.settings.tenant)
+            tenant = ctx.tenant_id or self.settings.tenant
+            if limiter is not None:
+                await limiter.admit(tenant)
+            return ctx.with_(tenant_id=tenant)
         try:
             key = presented_key(metadata)
         except Unauthenticated:
             log.info("refused a call: no API key")
             raise
-        try:
-            record = await self.store.lookup(key)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise Unavailable("the key store (Redis) is unreachable", retry_after=1.0) from exc
-        if record is None:
-            log.info("refused a call: unknown API key")
-            raise Unauthenticated(NEED_KEY)
-        if record.revoked:
-            log.warning("refused a call: API key %s of %s is revoked", record.key_id, record.tenant)
+        where = self.store.locate(key)
+        verdict: int | None = None  # the limiter's, when the record was read with it
+        if isinstance(where, str):
+            known = self._tenants.get(where)
+            if known is not None and limiter is not None:
+                fields, verdict = await limiter.admit_key(where, known)
+            else:
+                try:
+                    fields = cast("dict[bytes, bytes]", await self.store.redis.hgetall(where))
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                    raise Unavailable(
+                        "the key store (Redis) is unreachable", retry_after=1.0
+                    ) from exc
+            record = record_of(fields)
+        else:
+            record = where
+        if record is None or record.revoked:
+            if isinstance(where, str):
+                self._tenants.pop(where, None)
+            if record is None:
+                log.info("refused a call: unknown API key")
+            else:
+                log.warning(
+                    "refused a call: API key %s of %s is revoked", record.key_id, record.tenant
+                )
             raise Unauthenticated(NEED_KEY)
         if ctx.tenant_id and ctx.tenant_id != record.tenant:
             log.warning(
@@ -117,6 +150,15 @@ class Authenticator:
         span = trace.get_current_span()
         span.set_attribute("agentflux.tenant_id", record.tenant)
         span.set_attribute("agentflux.api_key.id", record.key_id or "settings")
+        if isinstance(where, str) and where not in self._tenants:
+            if len(self._tenants) >= _TENANTS_KNOWN:
+                self._tenants.clear()
+            self._tenants[where] = record.tenant
+        if limiter is not None:
+            if verdict is None:  # not counted yet (first sight of the key, or a settings key)
+                await limiter.admit(record.tenant)
+            elif verdict:
+                limiter.refuse(record.tenant, verdict)
         return ctx.with_(tenant_id=record.tenant)
 
 
@@ -144,10 +186,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     @asynccontextmanager
     async def _bound(self, context: Any) -> AsyncIterator[None]:
         metadata = tuple(context.invocation_metadata() or ())
-        ctx = await self.authenticator.context(metadata, current() or FluxContext.new())
-        # Counted once the tenant is known: a flood of bad keys costs no tenant its quota.
-        if self.limiter is not None:
-            await self.limiter.admit(ctx.tenant_id)
+        ctx = await self.authenticator.context(
+            metadata, current() or FluxContext.new(), self.limiter
+        )
         with bind(ctx):
             yield
 

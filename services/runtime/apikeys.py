@@ -18,8 +18,9 @@ about digests of keys it chose, which says nothing about any stored key (preimag
 resistance). The `api_keys` entries are compared in memory with `hmac.compare_digest`, all
 of them on every call, so neither the match nor its position shows in the time taken.
 
-There is no cache: every call reads the record, so a revoked key fails on its very next
-call, from any gateway."""
+There is no cache of records: every call reads the record, so a revoked key fails on its
+very next call, from any gateway. (The gateway may read it in the same Redis script that
+counts the call against its tenant's rate limit: still the record as it is at that call.)"""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ __all__ = [
     "digest_of",
     "new_key",
     "parse_settings_keys",
+    "record_of",
 ]
 
 KEY_PREFIX = "afk_"
@@ -135,7 +137,9 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _record(fields: dict[bytes, bytes]) -> ApiKey | None:
+def record_of(fields: dict[bytes, bytes] | dict[str, str]) -> ApiKey | None:
+    """The key record stored as these hash fields (HGETALL's answer), or None when there
+    is no record (no fields, or no tenant among them)."""
     got = {_text(k): _text(v) for k, v in fields.items()}
     if "tenant" not in got:
         return None
@@ -202,6 +206,15 @@ class ApiKeyStore:
     async def lookup(self, key: str) -> ApiKey | None:
         """The record of `key` (revoked ones included: the caller decides), or None when
         it is no key at all. At most one Redis round trip, and none for a settings key."""
+        where = self.locate(key)
+        if not isinstance(where, str):
+            return where
+        return record_of(cast("dict[bytes, bytes]", await self.redis.hgetall(where)))
+
+    def locate(self, key: str) -> ApiKey | str | None:
+        """Where the record of `key` is, without I/O: the record itself for a settings
+        key, None for what cannot be a key at all, else the Redis key (a hash) that holds
+        it if it is one (read it with HGETALL and `record_of`)."""
         if not key or len(key) > MAX_KEY_CHARS or not _KEY_CHARS.fullmatch(key):
             return None
         digest = digest_of(key)
@@ -211,8 +224,7 @@ class ApiKeyStore:
                 tenant = entry_tenant
         if tenant:
             return ApiKey(tenant, "", from_settings=True)
-        fields = cast("dict[bytes, bytes]", await self.redis.hgetall(self.keys.api_key(digest)))
-        return _record(fields)
+        return self.keys.api_key(digest)
 
     async def list(self, tenant: str = "") -> list[ApiKey]:
         """Every key's record (of `tenant` only, when given), by tenant then creation;
@@ -238,7 +250,7 @@ class ApiKeyStore:
             for digest in digests:
                 if digest is not None:
                     pipe.hgetall(self.keys.api_key(_text(digest)))
-            records = [_record(fields) for fields in await pipe.execute()]
+            records = [record_of(fields) for fields in await pipe.execute()]
         return from_settings + [r for r in records if r is not None]
 
     async def _digest(self, key_id: str) -> str:
@@ -252,7 +264,7 @@ class ApiKeyStore:
         its record and whether it was revoked before; UnknownKeyIdError when there is none."""
         record_key = self.keys.api_key(await self._digest(key_id))
         fields = cast("dict[bytes, bytes]", await self.redis.hgetall(record_key))
-        record = _record(fields)
+        record = record_of(fields)
         if record is None:
             raise UnknownKeyIdError(key_id)
         if record.revoked:
@@ -266,7 +278,7 @@ class ApiKeyStore:
         keys made for a moment, such as the demo's). UnknownKeyIdError when there is none."""
         digest = await self._digest(key_id)
         fields = cast("dict[bytes, bytes]", await self.redis.hgetall(self.keys.api_key(digest)))
-        record = _record(fields)
+        record = record_of(fields)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(self.keys.api_key(digest), self.keys.api_key_id(key_id))
             if record is not None:

@@ -24,6 +24,8 @@ from agentflux.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from interceptors import instrument_caches, uninstrument_caches
+from services.cli.spans import read_spans
 from services.runtime.apikeys import ApiKeyStore, digest_of
 from services.runtime.bearer import api_key_interceptors
 from services.runtime.config import Settings
@@ -139,6 +141,67 @@ async def test_a_revoked_key_stops_working_at_once(rig: Rig) -> None:
         gateway_pb2.GetRunRequest(run_id=run.run_id), metadata=as_key(rig, kept)
     )
     assert got.run.run_id == run.run_id
+
+
+def traced(rig: Rig, key: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A trace id of its own and the metadata that makes a call part of it."""
+    trace_id = uuid.uuid4().hex
+    return trace_id, (*as_key(rig, key), ("traceparent", f"00-{trace_id}-{'1' * 16}-01"))
+
+
+def redis_spans(rig: Rig, trace_id: str) -> list[dict[str, Any]]:
+    assert rig.gateway.telemetry.flush()
+    folder = rig.settings.span_store_dir
+    assert folder is not None
+    return [
+        s
+        for s in read_spans(folder)
+        if s["trace_id"] == trace_id and s["attributes"].get("db.system") == "redis"
+    ]
+
+
+async def test_a_known_key_is_read_and_its_call_counted_in_one_round_trip(rig: Rig) -> None:
+    _, key = await new_key(rig)
+    request = gateway_pb2.ListRunsRequest()
+    instrument_caches(rig.gateway.telemetry)  # as `agentflux serve` does
+    try:
+        first, metadata = traced(rig, key)
+        await rig.stub.ListRuns(request, metadata=metadata)
+        second, metadata = traced(rig, key)
+        await rig.stub.ListRuns(request, metadata=metadata)
+    finally:
+        uninstrument_caches()
+    before, after = redis_spans(rig, first), redis_spans(rig, second)
+    # First sight of the key: its record, then the call counted. Then both in one script.
+    assert [s["name"] for s in before[:2]] == ["HGETALL", "EVALSHA"], before
+    assert after[0]["name"] == "EVALSHA", after
+    assert len(after) == len(before) - 1, (before, after)
+
+
+async def test_a_revoked_key_costs_its_tenant_no_quota(settings: Settings, tmp_path: Path) -> None:
+    async with running_gateway(tmp_path, rate_limit=3, rate_window_s=600, **KEYS) as rig:
+        tenant, key = await new_key(rig)
+        _, kept = await new_key(rig, tenant)
+
+        async def list_runs(key: str) -> grpc.StatusCode:
+            try:
+                await rig.stub.ListRuns(gateway_pb2.ListRunsRequest(), metadata=as_key(rig, key))
+            except grpc.aio.AioRpcError as error:
+                return error.code()
+            return grpc.StatusCode.OK
+
+        assert await list_runs(key) is grpc.StatusCode.OK  # the gateway now knows its tenant
+        record = await keys(rig).lookup(key)
+        assert record is not None
+        await keys(rig).revoke(record.key_id)
+        for _ in range(5):
+            assert await list_runs(key) is grpc.StatusCode.UNAUTHENTICATED
+        # The tenant used one call of three: the other key has exactly two left.
+        assert [await list_runs(kept) for _ in range(3)] == [
+            grpc.StatusCode.OK,
+            grpc.StatusCode.OK,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ]
 
 
 async def test_health_and_reflection_need_no_key(rig: Rig) -> None:
