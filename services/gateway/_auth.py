@@ -150,7 +150,7 @@ class Authenticator:
         span = trace.get_current_span()
         span.set_attribute("agentflux.tenant_id", record.tenant)
         span.set_attribute("agentflux.api_key.id", record.key_id or "settings")
-        if isinstance(where, str) and where not in self._tenants:
+        if isinstance(where, str) and self._tenants.get(where) != record.tenant:
             if len(self._tenants) >= _TENANTS_KNOWN:
                 self._tenants.clear()
             self._tenants[where] = record.tenant

@@ -29,6 +29,7 @@ from services.cli.spans import read_spans
 from services.runtime.apikeys import ApiKeyStore, digest_of
 from services.runtime.bearer import api_key_interceptors
 from services.runtime.config import Settings
+from services.runtime.keys import Keys
 from tests.integration.runtime_kit import eventually
 from tests.integration.test_gateway import Rig, collect, rich_status, running_gateway
 
@@ -202,6 +203,25 @@ async def test_a_revoked_key_costs_its_tenant_no_quota(settings: Settings, tmp_p
             grpc.StatusCode.OK,
             grpc.StatusCode.RESOURCE_EXHAUSTED,
         ]
+
+
+async def test_a_record_naming_another_tenant_is_counted_against_that_tenant(rig: Rig) -> None:
+    # A key never changes tenant; a record edited by hand is the only way to see what the
+    # one-round-trip path does when the tenant it was told is no longer the record's.
+    first, key = await new_key(rig)
+    second = f"tenant-{uuid.uuid4().hex[:8]}"
+    windows = Keys(rig.settings.namespace)
+    redis = rig.store.redis
+
+    async def list_runs() -> None:
+        await rig.stub.ListRuns(gateway_pb2.ListRunsRequest(), metadata=as_key(rig, key))
+
+    await list_runs()  # the gateway learns the key's tenant
+    await redis.hset(windows.api_key(digest_of(key)), "tenant", second)
+    await list_runs()
+    await list_runs()
+    assert await redis.zcard(windows.rate(first)) == 1
+    assert await redis.zcard(windows.rate(second)) == 2
 
 
 async def test_health_and_reflection_need_no_key(rig: Rig) -> None:
