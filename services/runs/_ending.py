@@ -13,6 +13,7 @@ idempotency key."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -64,13 +65,41 @@ class RunEnder:
         """Streams the answer's pieces, then ends the run COMPLETED with their text.
         `settle`, called once the pieces are drained: the answering model call's tokens
         to settle (`TokenBudget.settle_call`), sent in the same round trip as the end
-        and before it, so the run ends with its usage counted."""
+        and before it, so the run ends with its usage counted.
+
+        A piece is never held back waiting for the next one: it is appended as soon as
+        the model has no other piece ready. Pieces the model has ready together (a
+        burst, or a whole answer at once) are appended in one round trip, and the last
+        ones in the round trip that ends the run. If the model breaks off, the pieces it
+        gave are appended before its error goes on."""
         pieces: list[str] = []
-        async for piece in deltas:
-            index = len(pieces)
-            pieces.append(piece)
+        ready: list[ScriptCall] = []  # appends of pieces not sent yet, in order
+        iterator = aiter(deltas)
+        while True:
+            upcoming: asyncio.Future[str] = asyncio.ensure_future(anext(iterator))
+            try:
+                if ready:
+                    # One turn of the loop lets the model hand over a piece it holds
+                    # already; one it is still waiting for is not waited for.
+                    await asyncio.sleep(0)
+                    if not upcoming.done():
+                        await run_together(self.store.redis, ready)
+                        ready = []
+                piece = await upcoming
+            except StopAsyncIteration:
+                break
+            except Exception:
+                if upcoming.done() and not upcoming.cancelled() and ready:
+                    # The model broke off: what it gave stays in the run's stream.
+                    await run_together(self.store.redis, ready)
+                raise
+            finally:
+                if not upcoming.done():  # cancelled, or Redis failed meanwhile
+                    upcoming.cancel()
             event = gateway_pb2.StreamRunResponse(answer_delta=gateway_pb2.AnswerDelta(text=piece))
-            await self.store.append_once(run.tenant_id, run.run_id, f"delta:{index}", event)
+            marker = f"delta:{len(pieces)}"
+            ready.append(self.store.append_call(run.tenant_id, run.run_id, marker, event))
+            pieces.append(piece)
         answer = types_pb2.Answer(text="".join(pieces))
         before = await settle() if settle is not None else None
         return await self._end(
@@ -78,7 +107,7 @@ class RunEnder:
             types_pb2.RUN_STATUS_COMPLETED,
             step,
             answer=answer,
-            before=[] if before is None else [before],
+            before=[*ready] if before is None else [*ready, before],
         )
 
     async def fail(self, run: types_pb2.Run, step: int, error: str) -> Finished | None:
