@@ -70,10 +70,11 @@ class RunEnder:
         A piece is never held back waiting for the next one: it is appended as soon as
         the model has no other piece ready. Pieces the model has ready together (a
         burst, or a whole answer at once) are appended in one round trip, and the last
-        ones in the round trip that ends the run. If the model breaks off, the pieces it
-        gave are appended before its error goes on."""
+        ones by the script that ends the run, so a reader of the stream wakes once for
+        them and `finished`. If the model breaks off, the pieces it gave are appended
+        before its error goes on."""
         pieces: list[str] = []
-        ready: list[ScriptCall] = []  # appends of pieces not sent yet, in order
+        ready: list[tuple[str, gateway_pb2.StreamRunResponse]] = []  # not sent yet, in order
         iterator = aiter(deltas)
         while True:
             upcoming: asyncio.Future[str] = asyncio.ensure_future(anext(iterator))
@@ -83,7 +84,7 @@ class RunEnder:
                     # already; one it is still waiting for is not waited for.
                     await asyncio.sleep(0)
                     if not upcoming.done():
-                        await run_together(self.store.redis, ready)
+                        await self._append(run, ready)
                         ready = []
                 piece = await upcoming
             except StopAsyncIteration:
@@ -91,14 +92,13 @@ class RunEnder:
             except Exception:
                 if upcoming.done() and not upcoming.cancelled() and ready:
                     # The model broke off: what it gave stays in the run's stream.
-                    await run_together(self.store.redis, ready)
+                    await self._append(run, ready)
                 raise
             finally:
                 if not upcoming.done():  # cancelled, or Redis failed meanwhile
                     upcoming.cancel()
             event = gateway_pb2.StreamRunResponse(answer_delta=gateway_pb2.AnswerDelta(text=piece))
-            marker = f"delta:{len(pieces)}"
-            ready.append(self.store.append_call(run.tenant_id, run.run_id, marker, event))
+            ready.append((f"delta:{len(pieces)}", event))
             pieces.append(piece)
         answer = types_pb2.Answer(text="".join(pieces))
         before = await settle() if settle is not None else None
@@ -107,8 +107,15 @@ class RunEnder:
             types_pb2.RUN_STATUS_COMPLETED,
             step,
             answer=answer,
-            before=[*ready] if before is None else [*ready, before],
+            before=[] if before is None else [before],
+            pieces=ready,
         )
+
+    async def _append(
+        self, run: types_pb2.Run, pieces: list[tuple[str, gateway_pb2.StreamRunResponse]]
+    ) -> None:
+        calls = [self.store.append_call(run.tenant_id, run.run_id, m, e) for m, e in pieces]
+        await run_together(self.store.redis, calls)
 
     async def fail(self, run: types_pb2.Run, step: int, error: str) -> Finished | None:
         """Ends the run FAILED with `error` (what a user should read)."""
@@ -127,9 +134,11 @@ class RunEnder:
         answer: types_pb2.Answer | None = None,
         error: str = "",
         before: list[ScriptCall] | None = None,
+        pieces: list[tuple[str, gateway_pb2.StreamRunResponse]] | None = None,
     ) -> Finished | None:
         # The run's end and its turn in its conversation's session (and the writes that
-        # must land `before` it): one round trip.
+        # must land `before` it): one round trip. `pieces`: the answer's last pieces,
+        # appended by the same script just before `finished`.
         end = self.store.finish_call(
             run.tenant_id,
             run.run_id,
@@ -138,6 +147,7 @@ class RunEnder:
             error=error,
             steps=step + 1,
             conversation_id=run.conversation_id,
+            pieces=pieces or (),
         )
         got = await run_together(self.store.redis, [*(before or []), end])
         ended_as = finished(got[-1])

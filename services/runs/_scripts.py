@@ -128,12 +128,22 @@ return 1
 # KEYS: run, events, in-flight[, session]. The run's end, at most once. A cancellation
 # requested before it wins over the outcome the caller brings: the caller asked for the
 # work to stop. The run leaves the tenant's runs in flight. Returns -1 for an unknown run, else
-# {code, the run's fields as they are now}: the caller needs no second read.
+# {code, the run's fields as they are now}: the caller needs no second read. ARGV[9..]:
+# (marker, event) pairs appended first, as APPEND_ONCE appends them (the answer's last
+# pieces): in the same step as `finished`, so a reader blocked on the stream wakes once
+# for them all.
 FINISH = (
     _PRELUDE
     + """
 local status = tonumber(redis.call('HGET', KEYS[1], 'status'))
 if not status then return -1 end
+if not ended(status) then
+  for i = 9, #ARGV - 1, 2 do
+    if redis.call('HSETNX', KEYS[1], 'once:' .. ARGV[i], 1) == 1 then
+      append(KEYS[1], KEYS[2], 'e', ARGV[i + 1])
+    end
+  end
+end
 -- The run's turn in its conversation's session (KEYS[4], when given), counted once
 -- whoever ends the run (an unknown run returned above: no marker, no hash left behind).
 local function turn(final)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -471,8 +471,11 @@ class RunStore:
         error: str = "",
         steps: int = 0,
         conversation_id: str | None = None,
+        pieces: Sequence[tuple[str, gateway_pb2.StreamRunResponse]] = (),
     ) -> ScriptCall:
-        """`finish` to run with others (`run_together`); its answer read by `finished`."""
+        """`finish` to run with others (`run_together`); its answer read by `finished`.
+        `pieces`: (marker, event) pairs appended first in the same step, each as
+        `append_once` would (the answer's last pieces)."""
         keys = [
             self.keys.run(tenant, run_id),
             self.keys.events(tenant, run_id),
@@ -490,6 +493,8 @@ class RunStore:
             run_id,
             self.run_ttl_s,
         ]
+        for marker, event in pieces:
+            args += [marker, event.SerializeToString()]
         return ScriptCall(self._finish, keys, args)
 
     # -- the event stream ----------------------------------------------------------------
