@@ -90,8 +90,10 @@ class RunEnder:
             except StopAsyncIteration:
                 break
             except Exception:
-                if upcoming.done() and not upcoming.cancelled() and ready:
-                    # The model broke off: what it gave stays in the run's stream.
+                broke_off = upcoming.done() and not upcoming.cancelled() and upcoming.exception()
+                if broke_off and ready:
+                    # The model broke off: what it gave stays in the run's stream. (An
+                    # error of Redis's own while the model was still busy goes on as is.)
                     await self._append(run, ready)
                 raise
             finally:

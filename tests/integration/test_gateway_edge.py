@@ -164,6 +164,7 @@ def redis_spans(rig: Rig, trace_id: str) -> list[dict[str, Any]]:
 async def test_a_known_key_is_read_and_its_call_counted_in_one_round_trip(rig: Rig) -> None:
     _, key = await new_key(rig)
     request = gateway_pb2.ListRunsRequest()
+    uninstrument_caches()  # whatever another test left on: its spans would go elsewhere
     instrument_caches(rig.gateway.telemetry)  # as `agentflux serve` does
     try:
         first, metadata = traced(rig, key)

@@ -51,6 +51,7 @@ class RedisSpans:
 @pytest.fixture
 def redis_spans() -> Iterator[RedisSpans]:
     spans = RedisSpans()
+    uninstrument_caches()  # whatever another test left on: its spans would go elsewhere
     instrument_caches(spans.telemetry)
     try:
         yield spans
