@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import redis.asyncio as aioredis
@@ -120,14 +120,14 @@ class Authenticator:
             known = self._tenants.get(where)
             if known is not None and limiter is not None:
                 fields, verdict = await limiter.admit_key(where, known)
+                record = record_of(fields)
             else:
                 try:
-                    fields = cast("dict[bytes, bytes]", await self.store.redis.hgetall(where))
+                    record = await self.store.read(where)
                 except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                     raise Unavailable(
                         "the key store (Redis) is unreachable", retry_after=1.0
                     ) from exc
-            record = record_of(fields)
         else:
             record = where
         if record is None or record.revoked:

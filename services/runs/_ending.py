@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from agentflux.v1 import events_pb2, gateway_pb2, types_pb2
 
@@ -136,7 +136,7 @@ class RunEnder:
         answer: types_pb2.Answer | None = None,
         error: str = "",
         before: list[ScriptCall] | None = None,
-        pieces: list[tuple[str, gateway_pb2.StreamRunResponse]] | None = None,
+        pieces: Sequence[tuple[str, gateway_pb2.StreamRunResponse]] = (),
     ) -> Finished | None:
         # The run's end and its turn in its conversation's session (and the writes that
         # must land `before` it): one round trip. `pieces`: the answer's last pieces,
@@ -149,7 +149,7 @@ class RunEnder:
             error=error,
             steps=step + 1,
             conversation_id=run.conversation_id,
-            pieces=pieces or (),
+            pieces=pieces,
         )
         got = await run_together(self.store.redis, [*(before or []), end])
         ended_as = finished(got[-1])

@@ -207,8 +207,10 @@ class ApiKeyStore:
         """The record of `key` (revoked ones included: the caller decides), or None when
         it is no key at all. At most one Redis round trip, and none for a settings key."""
         where = self.locate(key)
-        if not isinstance(where, str):
-            return where
+        return await self.read(where) if isinstance(where, str) else where
+
+    async def read(self, where: str) -> ApiKey | None:
+        """The record at `where` (a Redis key that `locate` gave), or None: one round trip."""
         return record_of(cast("dict[bytes, bytes]", await self.redis.hgetall(where)))
 
     def locate(self, key: str) -> ApiKey | str | None:
