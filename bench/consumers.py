@@ -98,6 +98,7 @@ from interceptors import (
     TaskPublisher,
     Telemetry,
 )
+from services.runtime import lifecycle
 from services.runtime.adapters.kafka import KafkaConsumer, KafkaProducer
 from services.runtime.adapters.rabbitmq import RabbitConnection
 from services.runtime.adapters.redis import LeanConnection
@@ -1097,7 +1098,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return asyncio.run(run(args))
+        # On the loop `agentflux serve` runs on (AGENTFLUX_EVENT_LOOP): what a service's
+        # clients and consumers get.
+        return lifecycle.run(run(args), Settings().event_loop)
     except KeyboardInterrupt:
         return 130
 

@@ -17,7 +17,6 @@ scenario failed, 2 Redis unreachable or off loopback."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 import gc
 import json
@@ -38,6 +37,7 @@ import redis.asyncio as aioredis
 from bench.hops import Plan, Stats, _markdown, log, preflight, purge_redis, quietly
 from interceptors import Claim, IdempotencyGuard
 from interceptors._bloom import RotatingBloomFilter, optimal_size
+from services.runtime import lifecycle
 from services.runtime.adapters.redis import connect_redis
 from services.runtime.config import Settings
 
@@ -423,7 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer messages per variant")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
     try:
-        return asyncio.run(run(parser.parse_args(argv)))
+        # On the loop `agentflux serve` runs on (AGENTFLUX_EVENT_LOOP): what a service's
+        # clients and consumers get.
+        return lifecycle.run(run(parser.parse_args(argv)), Settings().event_loop)
     except KeyboardInterrupt:
         return 130
 

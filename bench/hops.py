@@ -79,6 +79,7 @@ from interceptors import (
     uninstrument_caches,
 )
 from interceptors._telemetry import RoutingTracerProvider
+from services.runtime import lifecycle
 from services.runtime.adapters.kafka import (
     KafkaConsumer,
     KafkaProducer,
@@ -2192,7 +2193,9 @@ def _positive(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return asyncio.run(run(args))
+        # On the loop `agentflux serve` runs on (AGENTFLUX_EVENT_LOOP): what a service's
+        # clients and consumers get.
+        return lifecycle.run(run(args), Settings().event_loop)
     except KeyboardInterrupt:
         return 130
 

@@ -8,7 +8,8 @@ clients, in one run.
 their own (`bench-<random>.`: a namespace is one label), with their own gRPC ports, index
 folder and span store in a temporary folder. **bare**: one helper subprocess
 (`python -m bench.runs --bare-chain ...`, this module) doing the same hops with bare
-clients on one event loop: a grpc.aio `Submit` that produces the request to Kafka
+clients on one event loop, the one `agentflux serve` runs on (AGENTFLUX_EVENT_LOOP, uvloop
+by default): a grpc.aio `Submit` that produces the request to Kafka
 (confluent-kafka, linger.ms=0, acks=all, idempotent), a consumer that publishes a task to
 RabbitMQ (aio-pika, confirms, persistent), a consumer of that queue that works out 6*7 and
 produces the result to Kafka, a consumer that appends the answer to a Redis stream
@@ -90,6 +91,7 @@ from google.protobuf import struct_pb2
 
 from bench.hops import Stats, _drop_rabbit, _markdown, log, preflight, purge_redis
 from services.cli import SERVICE_NAMES
+from services.runtime import lifecycle
 from services.runtime.adapters.kafka import consumer_config, producer_config
 from services.runtime.adapters.rabbitmq import PROTOBUF
 from services.runtime.apikeys import digest_of, new_key
@@ -2083,6 +2085,8 @@ def to_json(
             "api_key": "from AGENTFLUX_API_KEYS",
             "rate_limit": RATE_LIMIT,
             "sampled_out_trace_sample_ratio": 0.0,
+            # The bare helper runs on the same loop (its main).
+            "event_loop": lifecycle.loop_factory(Settings().event_loop)[0],
         },
         "machine": {
             "cpus": os.cpu_count(),
@@ -2169,7 +2173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.bare_chain:
-            return asyncio.run(serve_bare(args.bare_chain, args.port, args.stamps))
+            # On the loop `agentflux serve` runs on (AGENTFLUX_EVENT_LOOP): the two sides
+            # differ by agentflux, not by their event loops.
+            main = serve_bare(args.bare_chain, args.port, args.stamps)
+            return lifecycle.run(main, Settings().event_loop)
         return asyncio.run(run(args))
     except KeyboardInterrupt:
         return 130

@@ -6,7 +6,6 @@ pyproject.toml). Larger subcommands live in modules beside this one (`trace.py`)
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import typer
@@ -18,6 +17,7 @@ from services.cli.certs import certs_app
 from services.cli.tenants import tenants_app
 from services.cli.tools import tools as list_tools
 from services.cli.trace import trace as show_trace
+from services.runtime import lifecycle
 from services.runtime.config import Settings
 from services.stack import ServiceStatus
 
@@ -117,7 +117,9 @@ def demo() -> None:
 
     settings = _settings()
     try:
-        correlation_id = asyncio.run(run_demo(settings, say=_say))
+        correlation_id = lifecycle.run(run_demo(settings, say=_say), settings.event_loop)
+    except lifecycle.EventLoopError as exc:  # a setting to fix, not a stack to start
+        raise _fail(exc) from None
     except Exception as exc:
         typer.echo("is the stack up? `agentflux stack up` (or `make demo`) starts it", err=True)
         raise _fail(exc) from None
@@ -160,10 +162,10 @@ def serve(
 
     configure_logging("agentflux", log_level.upper(), json=json_logs)
     try:
-        code = asyncio.run(serve_forever(settings, names, say=_say))
+        code = lifecycle.run(serve_forever(settings, names, say=_say), settings.event_loop)
     except KeyboardInterrupt:
         code = 130
-    except TLSSettingsError as exc:  # a setting to fix, not a stack to start
+    except (TLSSettingsError, lifecycle.EventLoopError) as exc:  # a setting to fix
         raise _fail(exc) from None
     except Exception as exc:
         typer.echo(

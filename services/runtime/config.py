@@ -373,6 +373,12 @@ class Settings(BaseSettings):
     worker_prefetch: int = Field(
         16, ge=1, le=1000, description="Tool tasks one worker process runs at once."
     )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto",
+        description="Event loop of `agentflux serve` and `demo`: `uvloop` (libuv, less CPU "
+        "per message), `asyncio` (the standard library's), or `auto`: uvloop when "
+        "installed, else asyncio.",
+    )
 
     # -- the gateway's edge -------------------------------------------------------------
     auth: Literal["required", "off"] = Field(

@@ -1,4 +1,5 @@
-"""Process lifecycle: SIGTERM and SIGINT become a graceful stop.
+"""Process lifecycle: the event loop a service runs on, and SIGTERM and SIGINT as a
+graceful stop.
 
 Consumers run until an `asyncio.Event` is set and then shut down in order (stop taking
 work, finish or hand back in-flight work within their grace period, commit, close). A
@@ -9,11 +10,15 @@ signal while draining is left to the default action, so an operator can still in
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, TypeVar
 
-__all__ = ["stop_on_signals"]
+__all__ = ["EventLoopError", "loop_factory", "run", "stop_on_signals"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -36,3 +41,41 @@ def stop_on_signals(
 
     for sig in chosen:
         loop.add_signal_handler(sig, first, sig)
+
+
+class EventLoopError(RuntimeError):
+    """The event loop the settings ask for cannot be had here."""
+
+
+def loop_factory(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]:
+    """The loop `choice` names ("auto", "uvloop" or "asyncio"): its name as logged, and
+    a factory for `asyncio.Runner` (None: the standard library's loop)."""
+    if choice == "asyncio":
+        return "asyncio", None
+    if choice not in ("auto", "uvloop"):
+        raise EventLoopError(f"event_loop {choice!r}: choose auto, uvloop or asyncio")
+    try:
+        uvloop: Any = importlib.import_module("uvloop")
+    except ImportError:
+        if choice == "uvloop":
+            raise EventLoopError(
+                "event_loop uvloop: uvloop is not installed here (`pip install uvloop`, "
+                "Linux and macOS only); AGENTFLUX_EVENT_LOOP=asyncio runs without it"
+            ) from None
+        return "asyncio", None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return f"uvloop {uvloop.__version__}", factory
+
+
+def run(main: Coroutine[Any, Any, T], choice: str = "auto") -> T:
+    """Runs `main` to completion on the loop `choice` names (`loop_factory`), as
+    `asyncio.run` does: the loop is closed after its async generators and default
+    executor are shut down."""
+    try:
+        name, factory = loop_factory(choice)
+    except EventLoopError:
+        main.close()  # never awaited: say nothing about it
+        raise
+    log.info("event loop: %s", name)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
