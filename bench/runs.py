@@ -2177,6 +2177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # differ by agentflux, not by their event loops.
             main = serve_bare(args.bare_chain, args.port, args.stamps)
             return lifecycle.run(main, Settings().event_loop)
+        # The client (this process) stays on asyncio's loop: the same for every side.
         return asyncio.run(run(args))
     except KeyboardInterrupt:
         return 130
