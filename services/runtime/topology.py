@@ -60,7 +60,11 @@ def kafka_topics(
 async def ensure_kafka_topics(
     settings: Settings, specs: Sequence[TopicSpec], timeout: float = 30.0
 ) -> dict[str, bool]:
-    """Creates the topics that do not exist yet; returns name -> created (False: existed)."""
+    """Creates the topics that do not exist yet; returns name -> created (False: existed).
+
+    Returns once the broker's metadata shows every topic with a leader for each of its
+    partitions: the controller confirms a creation before the brokers' metadata caches
+    have it, and a client subscribing in that gap is told "unknown topic or partition"."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
     futures = admin.create_topics(
         [NewTopic(s.name, num_partitions=s.partitions, config=s.config) for s in specs],
@@ -76,7 +80,39 @@ async def ensure_kafka_topics(
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
             result[name] = False
+    await _await_leaders(admin, [s.name for s in specs], timeout)
     return result
+
+
+async def _await_leaders(admin: AdminClient, names: Sequence[str], timeout: float) -> None:
+    """Waits until the metadata shows each of `names` with a leader for every partition;
+    TimeoutError (naming the topics still missing) after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pause = 0.01
+    while True:
+        # All topics, not by name: a metadata request naming a topic the broker does not
+        # know may create it where auto-creation is on.
+        metadata = await asyncio.to_thread(admin.list_topics, timeout=max(1.0, timeout))
+        missing = []
+        for name in names:
+            topic = metadata.topics.get(name)
+            if (
+                topic is None
+                or topic.error is not None
+                or not topic.partitions
+                or any(p.leader < 0 or p.error is not None for p in topic.partitions.values())
+            ):
+                missing.append(name)
+        if not missing:
+            return
+        if loop.time() + pause > deadline:
+            raise TimeoutError(
+                f"Kafka topics created but without a leader after {timeout:.0f} s: "
+                + ", ".join(missing)
+            )
+        await asyncio.sleep(pause)  # the broker's metadata cache catches up in milliseconds
+        pause = min(pause * 2, 0.5)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,15 @@ async def test_ensure_kafka_topics_is_idempotent_with_configured_layout(
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
     try:
         assert await ensure_kafka_topics(custom, specs) == dict.fromkeys(names, True)
+        # Usable on return: another client's metadata already has every topic with a
+        # leader per partition (a consumer subscribing now is not told "unknown topic").
+        other = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+        metadata = await asyncio.to_thread(other.list_topics, timeout=10)
+        for name in names:
+            assert metadata.topics[name].error is None, name
+            leaders = [p.leader for p in metadata.topics[name].partitions.values()]
+            assert len(leaders) == 2, (name, leaders)
+            assert min(leaders) >= 0, (name, leaders)
         assert await ensure_kafka_topics(custom, specs) == dict.fromkeys(names, False)
 
         described = admin.describe_topics(TopicCollection(names), request_timeout=10)
