@@ -167,8 +167,10 @@ class KafkaProducer:
         report = functools.partial(self._report, done)
         while True:
             try:
+                # The key by name, as confluent-kafka documents it: a wrapped producer
+                # (the contrib instrumentation's proxy) takes the topic and value only.
                 self._producer.produce(
-                    topic, value, key, headers=list(headers or ()), on_delivery=report
+                    topic, value, key=key, headers=list(headers or ()), on_delivery=report
                 )
                 break
             except BufferError:
