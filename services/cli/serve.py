@@ -23,7 +23,7 @@ from services.gateway import GatewayService
 from services.indexer import IndexerService
 from services.planner import PlannerService
 from services.runtime.config import Settings
-from services.runtime.lifecycle import stop_on_signals
+from services.runtime.lifecycle import freeze_startup_heap, stop_on_signals
 from services.runtime.mesh import Mesh, Service
 from services.worker import WorkerService
 
@@ -54,6 +54,8 @@ async def serve_forever(
         instrument_caches(Telemetry.for_service("agentflux", settings))
         await asyncio.gather(*(s.start() for s in services))
         health_server, port = await _health(settings, names)
+        frozen = freeze_startup_heap()
+        log.info("%d objects from start-up frozen: full collections skip them", frozen)
         namespace = settings.namespace or "-"
         say(f"ready: {', '.join(names)} (namespace {namespace}, health {settings.host}:{port})")
         stop = asyncio.Event()

@@ -10,13 +10,14 @@ signal while draining is left to the default action, so an operator can still in
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import logging
 import signal
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
-__all__ = ["EventLoopError", "loop_factory", "run", "stop_on_signals"]
+__all__ = ["EventLoopError", "freeze_startup_heap", "loop_factory", "run", "stop_on_signals"]
 
 T = TypeVar("T")
 
@@ -79,3 +80,19 @@ def run(main: Coroutine[Any, Any, T], choice: str = "auto") -> T:
     log.info("event loop: %s", name)
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
+
+
+def freeze_startup_heap() -> int:
+    """Collects the garbage start-up left, then takes every object alive now out of the
+    cyclic collector's scans (`gc.freeze`); returns how many that is.
+
+    A started service holds some 100,000 objects that live as long as the process
+    (modules, descriptors, clients, the telemetry pipeline). Every full collection walked
+    all of them: about 100 ms of CPU each on the development machine, a pause in whatever
+    run was in flight, every 150 or so runs. Frozen, they are no longer walked; the
+    collector still sees every object made after, cycles among them included. What the
+    frozen objects leave as cyclic garbage later is not reclaimed, which for objects made
+    to live as long as the process is next to nothing."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

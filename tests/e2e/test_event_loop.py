@@ -4,6 +4,7 @@ SIGTERM, and a loop that is no choice is refused before anything starts."""
 
 from __future__ import annotations
 
+import re
 import signal
 
 import pytest
@@ -27,6 +28,10 @@ async def test_serve_runs_an_agent_and_drains_on_its_event_loop(
         env = {"AGENTFLUX_EVENT_LOOP": choice}
     proc = await mesh.start(**env)
     assert said in proc.output
+    # What start-up made is out of the full collections' way before the first run.
+    frozen = re.search(r"(\d+) objects from start-up frozen", proc.output)
+    assert frozen is not None, proc.output
+    assert int(frozen.group(1)) > 10_000, proc.output
     run = await mesh.submit("what is 6*7")
     done = await mesh.finished(run.run_id)
     assert done.status == types_pb2.RUN_STATUS_COMPLETED, done

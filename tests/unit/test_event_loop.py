@@ -4,7 +4,9 @@ three values, and a clear error for a loop that cannot be had."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
+import weakref
 
 import pytest
 
@@ -57,3 +59,35 @@ def test_the_loop_is_closed_after_its_main() -> None:
 
     assert lifecycle.run(main(), "auto") == 7
     assert loops[0].is_closed()
+
+
+class _Node:
+    """A container the cyclic collector tracks."""
+
+    def __init__(self) -> None:
+        self.other: _Node | None = None
+
+
+def test_the_startup_heap_is_collected_then_frozen() -> None:
+    garbage = _Node()
+    garbage.other = _Node()
+    garbage.other.other = garbage  # a cycle: only the collector reclaims it
+    gone = weakref.ref(garbage)
+    del garbage
+    kept = _Node()
+    try:
+        frozen = lifecycle.freeze_startup_heap()
+        assert gone() is None  # start-up's garbage was collected first, not frozen
+        assert frozen == gc.get_freeze_count() > 0
+        # Out of the generations a full collection walks, and still alive.
+        assert not any(o is kept for o in gc.get_objects())
+        assert isinstance(kept, _Node)
+        # Objects made afterwards are collected as ever.
+        later = _Node()
+        later.other = later
+        later_ref = weakref.ref(later)
+        del later
+        gc.collect()
+        assert later_ref() is None
+    finally:
+        gc.unfreeze()  # the rest of this test process collects as before
