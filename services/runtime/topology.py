@@ -93,7 +93,8 @@ async def _await_leaders(admin: AdminClient, names: Sequence[str], timeout: floa
     while True:
         # All topics, not by name: a metadata request naming a topic the broker does not
         # know may create it where auto-creation is on.
-        metadata = await asyncio.to_thread(admin.list_topics, timeout=max(1.0, timeout))
+        left = deadline - loop.time()
+        metadata = await asyncio.to_thread(admin.list_topics, timeout=max(0.5, left))
         missing = []
         for name in names:
             topic = metadata.topics.get(name)
@@ -108,7 +109,7 @@ async def _await_leaders(admin: AdminClient, names: Sequence[str], timeout: floa
             return
         if loop.time() + pause > deadline:
             raise TimeoutError(
-                f"Kafka topics created but without a leader after {timeout:.0f} s: "
+                f"Kafka topics without a leader for every partition after {timeout:g} s: "
                 + ", ".join(missing)
             )
         await asyncio.sleep(pause)  # the broker's metadata cache catches up in milliseconds

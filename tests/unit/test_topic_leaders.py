@@ -50,5 +50,6 @@ async def test_waits_until_every_partition_has_a_leader() -> None:
 
 async def test_gives_up_naming_the_topics_without_leaders() -> None:
     admin = _Admin(_metadata(a=[1], b=[-1]))
-    with pytest.raises(TimeoutError, match=r"without a leader after 0 s: b$"):
+    said = r"without a leader for every partition after 0.05 s: b$"
+    with pytest.raises(TimeoutError, match=said):
         await _await_leaders(admin, ["a", "b"], timeout=0.05)  # type: ignore[arg-type]
