@@ -181,8 +181,12 @@ def down(settings: Settings, *, wipe: bool = False, say: Say = _quiet) -> None:
             service.after_stop()
             service.pid_file.unlink(missing_ok=True)
         if wipe:
-            for service in all_services(settings):
-                shutil.rmtree(service.root, ignore_errors=True)
+            # The brokers' folders, and what the mesh keeps in the stack folder: the span
+            # store and the indexer's default folder. Named one by one: the stack folder
+            # is a setting, and may hold things that are not the stack's.
+            mesh = [settings.stack_dir / "traces", settings.stack_dir / "index"]
+            for folder in [*(service.root for service in all_services(settings)), *mesh]:
+                shutil.rmtree(folder, ignore_errors=True)
             say(f"wiped {settings.stack_dir}")
 
 

@@ -170,3 +170,28 @@ def test_invalid_config_exits_2_naming_the_variable(
     assert "AGENTFLUX_REDIS_PORT" in done.stderr
     assert "65535" in done.stderr  # says what is allowed
     assert not (tmp_path / "stack").exists()  # nothing was touched
+
+
+def test_down_wipe_deletes_the_stack_data_and_only_that(
+    tmp_path: Path, isolated: dict[str, str]
+) -> None:
+    stack = tmp_path / "stack"
+    made = [
+        stack / "kafka" / "data" / "meta.properties",
+        stack / "redis" / "data" / "dump.rdb",
+        stack / "traces" / "spans-20260101.jsonl",  # the span store
+        stack / "index" / "answers.db",  # the indexer's default folder
+    ]
+    for path in made:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    theirs = stack / "notes.txt"  # the folder is a setting: not everything in it is ours
+    theirs.write_text("keep me")
+
+    done = agentflux("stack", "down", "--wipe", env=isolated, cwd=tmp_path, timeout=60)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"wiped {stack}" in done.stdout + done.stderr
+    for path in made:
+        assert not path.parent.exists(), path
+    assert theirs.read_text() == "keep me"
