@@ -15,8 +15,7 @@ from google.protobuf import json_format
 from rich.console import Console
 from rich.status import Status
 
-from services.cli.spans import read_spans
-from services.cli.waterfall import find_traces
+from services.cli.waterfall import traces_in
 
 __all__ = ["JsonView", "TextView", "View", "trace_summary"]
 
@@ -173,7 +172,7 @@ def trace_summary(folder: Path | None, correlation_id: str, *, wait_s: float = 3
     spans: list[dict[str, object]] = []
     while True:
         if folder.is_dir():
-            traces = find_traces(read_spans(folder), correlation_id)
+            traces = traces_in(folder, correlation_id)
             spans = [s for group in traces.values() for s in group]
         now = time.monotonic()
         if len(spans) != count:

@@ -7,11 +7,15 @@ above the layers that write."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_spans"]
+__all__ = ["read_matching", "read_spans"]
+
+# Bytes read at a time by `read_matching`: a block is searched whole, and split into lines
+# only when it holds a needle (a day of spans is a file of a gigabyte or more).
+_BLOCK = 1 << 20
 
 
 def read_spans(folder: Path) -> Iterator[dict[str, Any]]:
@@ -25,3 +29,33 @@ def read_spans(folder: Path) -> Iterator[dict[str, Any]]:
                     yield json.loads(line)
                 except ValueError:
                     continue
+
+
+def read_matching(folder: Path, needles: Collection[bytes]) -> Iterator[dict[str, Any]]:
+    """The span records whose line holds any of `needles` (raw bytes), oldest file first;
+    torn lines are skipped, as by `read_spans`.
+
+    A block of lines with no needle in it is neither split nor parsed: finding one trace
+    in a gigabyte-sized store takes a search of its bytes, not a million JSON parses."""
+    if not needles:
+        return
+    for path in sorted(folder.glob("spans-*.jsonl")):
+        with path.open("rb") as fh:
+            rest = b""
+            while chunk := fh.read(_BLOCK):
+                block = rest + chunk
+                cut = block.rfind(b"\n") + 1  # whole lines now; the rest with the next read
+                block, rest = block[:cut], block[cut:]
+                yield from _parsed(block, needles)
+            yield from _parsed(rest, needles)  # a last line the writer has not ended yet
+
+
+def _parsed(block: bytes, needles: Collection[bytes]) -> Iterator[dict[str, Any]]:
+    if not any(needle in block for needle in needles):
+        return
+    for line in block.splitlines():
+        if any(needle in line for needle in needles):
+            try:
+                yield json.loads(line.decode("utf-8", "replace"))
+            except ValueError:
+                continue

@@ -13,8 +13,7 @@ from pydantic import ValidationError
 
 from interceptors._context import check_id
 from interceptors._errors import ContextValueError
-from services.cli.spans import read_spans
-from services.cli.waterfall import find_traces, render
+from services.cli.waterfall import render, traces_in
 from services.runtime.config import Settings
 
 __all__ = ["trace"]
@@ -66,7 +65,7 @@ def trace(
     )
     if not folder.is_dir():
         raise _fail(f"no span store at {folder}; {hint}, or pass --store DIR", 1)
-    traces = find_traces(read_spans(folder), ident)
+    traces = traces_in(folder, ident)
     if not traces:
         raise _fail(f"no spans for {ident} in {folder}; {hint}", 1)
     if as_json:

@@ -13,17 +13,22 @@ import textwrap
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
 import typer
 
-__all__ = ["find_traces", "render"]
+from services.cli.spans import read_matching
+
+__all__ = ["find_traces", "render", "traces_in"]
 
 Span = dict[str, Any]
 _PACKAGE = re.compile(r"^.*\.(?=[^./]+/)")
 _KINDS = {"SERVER": "srv", "CLIENT": "cli", "PRODUCER": "prod", "CONSUMER": "cons"}
 _GRPC = {code.value[0]: code.name for code in grpc.StatusCode}
+# How a record with links starts them (`interceptors._spanstore`'s format; none: `[]`).
+_LINK = b'"links": [{'
 
 
 def _attrs(span: Span) -> dict[str, Any]:
@@ -38,6 +43,22 @@ def _end(span: Span) -> int:
     return max(int(span.get("end_ns") or 0), _start(span))
 
 
+def _named(span: Span, ident: str) -> bool:
+    """Whether `span` is of a trace `ident` names: as its trace id or its correlation."""
+    tid = str(span.get("trace_id", ""))
+    return tid == ident.lower() or _attrs(span).get("agentflux.correlation_id") == ident
+
+
+def _links(spans: Iterable[Span]) -> list[tuple[str, str]]:
+    """(trace, linked trace) of every link the spans make."""
+    return [(str(span.get("trace_id", "")), str(link.get("trace_id", "")))
+            for span in spans for link in span.get("links") or []]  # fmt: skip
+
+
+def _linked(pairs: list[tuple[str, str]], wanted: set[str]) -> set[str]:
+    return {to for fro, to in pairs if fro in wanted} | {fro for fro, to in pairs if to in wanted}
+
+
 def find_traces(spans: Iterable[Span], ident: str) -> dict[str, list[Span]]:
     """Every trace `ident` names, earliest first, each one's spans in start order.
 
@@ -49,14 +70,27 @@ def find_traces(spans: Iterable[Span], ident: str) -> dict[str, list[Span]]:
     wanted: set[str] = set()
     for span in spans:
         by_trace[tid := str(span.get("trace_id", ""))].append(span)
-        if tid == ident.lower() or _attrs(span).get("agentflux.correlation_id") == ident:
+        if _named(span, ident):
             wanted.add(tid)
-    pairs = [(tid, str(link.get("trace_id", ""))) for tid, group in by_trace.items()
-             for span in group for link in span.get("links") or []]  # fmt: skip
-    linked = {to for fro, to in pairs if fro in wanted} | {fro for fro, to in pairs if to in wanted}
-    linked &= by_trace.keys()
+    pairs = _links(span for group in by_trace.values() for span in group)
+    linked = _linked(pairs, wanted) & by_trace.keys()
     found = {tid: sorted(by_trace[tid], key=_start) for tid in wanted | linked}
     return dict(sorted(found.items(), key=lambda item: (_start(item[1][0]), item[0])))
+
+
+def traces_in(folder: Path, ident: str) -> dict[str, list[Span]]:
+    """`find_traces` over the span store in `folder`, reading only what it needs.
+
+    The first pass parses the lines that hold `ident` or a link (few: batch consumers'),
+    which names the traces wanted and linked; the second parses the lines of those traces.
+    The rest of the store, nearly all of it once a day of runs is in, is searched as
+    bytes and never parsed."""
+    first = list(read_matching(folder, {ident.encode(), ident.lower().encode(), _LINK}))
+    wanted = {str(span.get("trace_id", "")) for span in first if _named(span, ident)}
+    tids = wanted | _linked(_links(first), wanted)
+    tids.discard("")
+    spans = read_matching(folder, {tid.encode() for tid in tids})
+    return find_traces((s for s in spans if str(s.get("trace_id", "")) in tids), ident)
 
 
 def _tree(spans: list[Span]) -> list[tuple[Span, int, bool]]:

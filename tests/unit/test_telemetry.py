@@ -19,6 +19,7 @@ from opentelemetry.trace import Link, SpanKind, format_span_id, format_trace_id
 from interceptors import Telemetry
 from interceptors._spanstore import JsonLinesSpanExporter
 from services.cli.spans import read_spans
+from services.cli.waterfall import traces_in
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 HEX16 = re.compile(r"[0-9a-f]{16}")
@@ -49,13 +50,19 @@ def emit_two_spans(telemetry: Telemetry) -> tuple[Any, Any, Any]:
     return linked, parent, child
 
 
-def test_span_store_records_the_documented_fields(store: Path) -> None:
+def write_two_spans(store: Path) -> tuple[Any, Any, Any]:
+    """`emit_two_spans` by a gateway's telemetry writing into `store`, flushed."""
     telemetry = Telemetry.create("gateway", span_store=store, batch_delay_ms=50)
     try:
-        linked, parent, child = emit_two_spans(telemetry)
+        spans = emit_two_spans(telemetry)
         assert telemetry.flush()
     finally:
         telemetry.shutdown()
+    return spans
+
+
+def test_span_store_records_the_documented_fields(store: Path) -> None:
+    linked, parent, child = write_two_spans(store)
 
     files = list(store.glob("spans-*.jsonl"))
     assert [f.name for f in files] == [time.strftime("spans-%Y%m%d.jsonl", time.gmtime())]
@@ -296,3 +303,14 @@ def test_exporters_of_one_process_append_whole_lines_side_by_side(store: Path) -
     assert lines[-1] == ""  # ends with a newline
     assert [n for n, line in enumerate(lines[:-1]) if not line.strip()] == []
     assert len(lines) - 1 == 4 * 100 * 50
+
+
+def test_the_store_search_follows_the_links_the_writer_wrote(store: Path) -> None:
+    # `traces_in` finds records with links by how the writer spells them: written by the
+    # writer itself here, so a change of its format cannot leave links unfound.
+    linked, _parent, child = write_two_spans(store)
+    linked_id = format_trace_id(linked.get_span_context().trace_id)
+    child_id = format_trace_id(child.get_span_context().trace_id)
+    found = traces_in(store, linked_id)
+    assert set(found) == {linked_id, child_id}
+    assert [s["name"] for s in found[linked_id]] == ["linked"]

@@ -10,8 +10,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from services.cli import spans as span_store
+from services.cli.spans import read_spans
 from services.cli.trace import trace
-from services.cli.waterfall import find_traces, render
+from services.cli.waterfall import find_traces, render, traces_in
 
 T0 = 1_700_000_000_000_000_000
 MS = 1_000_000
@@ -305,3 +307,53 @@ def test_cli_rejects_a_malformed_ident(app: typer.Typer, folder: Path, ident: st
     result = CliRunner().invoke(app, ["trace", ident, "--store", str(folder)])
     assert result.exit_code == 2
     assert "neither a trace id" in result.stderr
+
+
+def noise(n: int) -> list[dict[str, Any]]:
+    """Spans of other requests, as a busy day leaves in the store."""
+    return [span(f"n{i}", None, "GET", "CLIENT", "planner", i, i + 0.3,
+                 trace_id=f"{i:032x}", corr=f"{i + 7:032x}", attrs={"db.system": "redis"})
+            for i in range(1, n + 1)]  # fmt: skip
+
+
+@pytest.fixture
+def busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Two days of store, the requests among noise, blocks of 256 bytes: every block
+    boundary falls inside a line somewhere."""
+    monkeypatch.setattr(span_store, "_BLOCK", 256)
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    records = noise(40) + store() + noise(40)
+    day1 = [json.dumps(s) for s in records[:45]]
+    day2 = [json.dumps(s) for s in records[45:]]
+    day2.insert(5, '{"trace_id": "torn')
+    (traces / "spans-20231114.jsonl").write_text("\n".join(day1) + "\n")
+    # The newest file's last line not ended yet (its writer is mid-batch).
+    (traces / "spans-20231115.jsonl").write_text("\n".join(day2))
+    return traces
+
+
+@pytest.mark.parametrize(
+    "ident", [TRACE, TRACE.upper(), CORR, BATCH_TRACE, OTHER_TRACE, RESTART_TRACE, "0" * 32]
+)
+def test_the_store_search_finds_what_reading_it_all_finds(busy: Path, ident: str) -> None:
+    assert traces_in(busy, ident) == find_traces(read_spans(busy), ident)
+
+
+def test_the_store_search_parses_only_the_lines_that_can_matter(
+    busy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: list[str] = []
+    loads = json.loads
+
+    def counting(text: str) -> Any:
+        parsed.append(text)
+        return loads(text)
+
+    monkeypatch.setattr(span_store.json, "loads", counting)
+    found = traces_in(busy, CORR)
+    assert list(found) == [TRACE, BATCH_TRACE, RESTART_TRACE]
+    # Each of the three traces' lines once or twice (both passes), the noise never.
+    assert len(parsed) <= 2 * sum(len(spans) for spans in found.values())
+    assert not [text for text in parsed if '"GET", "kind": "CLIENT", "service": "planner"' in text
+                and CORR not in text and TRACE not in text]  # fmt: skip
