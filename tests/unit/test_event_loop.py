@@ -78,7 +78,9 @@ def test_the_startup_heap_is_collected_then_frozen() -> None:
     try:
         frozen = lifecycle.freeze_startup_heap()
         assert gone() is None  # start-up's garbage was collected first, not frozen
-        assert frozen == gc.get_freeze_count() > 0
+        # Frozen objects are still freed when their last reference goes: the count only
+        # says how many were frozen then.
+        assert frozen > 0
         # Out of the generations a full collection walks, and still alive.
         assert not any(o is kept for o in gc.get_objects())
         assert isinstance(kept, _Node)
