@@ -2,7 +2,8 @@
 
 `find_traces` picks the traces an id names; `render` draws one of them as a tree of spans
 against a shared time bar. Both take plain records in the format of
-`interceptors._spanstore` (as `services.cli.spans.read_spans` yields them). Drawing for a
+`interceptors._spanstore` (as `services.cli.spans.read_spans` yields them); `traces_in`
+is `find_traces` over the store's files, parsing only the lines it needs. Drawing for a
 terminal is the CLI's business, so this lives here rather than in `interceptors`."""
 
 from __future__ import annotations
