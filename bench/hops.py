@@ -1113,19 +1113,23 @@ class AdapterKafka:
     def _send(self, event: events_pb2.AgentRequested) -> Awaitable[Any]:
         return self.producer.produce(self.topic, event.SerializeToString(), key=EVENT.key(event))
 
+    def _accept(self, record: Record) -> str:
+        """Handles a record (decodes it) and stores its offset; returns its run id."""
+        run_id = _run_id(record)
+        self.consumer.store(record)
+        return run_id
+
     async def _receive(self, run_id: str, deadline: float) -> None:
         seen = ""
         while seen != run_id:
             for record in await self._take(1, deadline):
-                seen = _run_id(record)
-                self.consumer.store(record)
+                seen = self._accept(record)
 
     async def _receive_many(self, k: int, deadline: float) -> None:
         got = 0
         while got < k:
             for record in await self._take(k - got, deadline):
-                _run_id(record)
-                self.consumer.store(record)
+                self._accept(record)
                 got += 1
 
     async def op(self) -> None:
@@ -1236,19 +1240,6 @@ class StockAdapterKafka(AdapterKafka):
 
     def _accept(self, record: Record) -> str:
         return stock_process(self.tracer, self.group, record, self.offsets)
-
-    async def _receive(self, run_id: str, deadline: float) -> None:
-        seen = ""
-        while seen != run_id:
-            for record in await self._take(1, deadline):
-                seen = self._accept(record)
-
-    async def _receive_many(self, k: int, deadline: float) -> None:
-        got = 0
-        while got < k:
-            for record in await self._take(k - got, deadline):
-                self._accept(record)
-                got += 1
 
 
 async def _both(send: Awaitable[Any], receive: Awaitable[None]) -> None:
