@@ -101,6 +101,9 @@ from services.runtime.topology import TopicSpec, ensure_kafka_topics, kafka_topi
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENTFLUX = str(Path(sys.executable).with_name("agentflux"))
+# The meshes are started from the main thread, and stop (drain) when the bench dies, even
+# by SIGKILL, instead of running on alone (`agentflux serve --parent`).
+SERVE = (AGENTFLUX, "serve", "--parent", str(os.getpid()))
 LOOPBACK = "127.0.0.1"
 PROMPT = "what is 6*7"
 ANSWER = "6*7 = 42."  # what the scripted model answers, and what the bare chain writes
@@ -1677,7 +1680,7 @@ async def start_sides(
         port = free_port()
         env = mesh_env(ns, port, free_port(), home, api_keys, ratio)
         log_file = home / f"serve-{ns.rstrip('.')}.log"
-        proc = Child.start(title, [AGENTFLUX, "serve"], env, log_file)
+        proc = Child.start(title, [*SERVE], env, log_file)
         procs.append(proc)
         stack.push_async_callback(proc.stop)
         wanted.append((name, proc, port, True))
@@ -1707,7 +1710,7 @@ async def start_split_side(
     # gateway's, the indexer's; a health port of its own is picked free).
     env = mesh_env(ns, port, free_port(), home, f"{BARE_TENANT}:{digest_of(key)}", None)
     children = [
-        Child.start(f"agentflux serve {svc}", [AGENTFLUX, "serve", svc], env, home / f"{svc}.log")
+        Child.start(f"agentflux serve {svc}", [*SERVE, svc], env, home / f"{svc}.log")
         for svc in SERVICE_NAMES  # what `agentflux serve <service>` takes, one process each
     ]
     group = ChildGroup("agentflux serve, a process per service", children)

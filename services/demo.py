@@ -87,7 +87,9 @@ async def run_demo(settings: Settings, say: Say) -> str:
     }
     with _page() as page:
         serve = subprocess.Popen(  # noqa: ASYNC220 - returns at once; read on a thread
-            [AGENTFLUX, "serve", "--log-level", "WARNING"],
+            # --parent: a demo killed outright (SIGKILL, a CI timeout) takes its mesh
+            # with it. Started here, on the loop's thread, which is the main thread.
+            [AGENTFLUX, "serve", "--log-level", "WARNING", "--parent", str(os.getpid())],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -142,8 +142,25 @@ def serve(
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING.")] = "INFO",
     json_logs: Annotated[bool, typer.Option("--json-logs", help="Log JSON lines.")] = False,
+    parent: Annotated[
+        int | None,
+        typer.Option(
+            "--parent",
+            min=1,
+            help="Stop (SIGTERM: drain) when this process, the one starting serve from its "
+            "main thread, dies, even by SIGKILL: for scripts that run serve as a child. "
+            "Linux.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run services of the mesh against the stack until Ctrl-C or SIGTERM."""
+    if parent is not None:
+        # First: a parent killed while the services start stops them too.
+        try:
+            lifecycle.stop_with_parent(parent)
+        except lifecycle.ParentError as exc:
+            raise _fail(exc) from None
     names = list(dict.fromkeys(services or SERVICE_NAMES))
     unknown = [n for n in names if n not in SERVICE_NAMES]
     if unknown:

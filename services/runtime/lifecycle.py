@@ -10,14 +10,25 @@ signal while draining is left to the default action, so an operator can still in
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import importlib
 import logging
+import os
 import signal
+import sys
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
-__all__ = ["EventLoopError", "freeze_startup_heap", "loop_factory", "run", "stop_on_signals"]
+__all__ = [
+    "EventLoopError",
+    "ParentError",
+    "freeze_startup_heap",
+    "loop_factory",
+    "run",
+    "stop_on_signals",
+    "stop_with_parent",
+]
 
 T = TypeVar("T")
 
@@ -42,6 +53,38 @@ def stop_on_signals(
 
     for sig in chosen:
         loop.add_signal_handler(sig, first, sig)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class ParentError(RuntimeError):
+    """This process cannot be tied to the parent it was given."""
+
+
+def stop_with_parent(parent: int) -> None:
+    """Has the kernel send this process SIGTERM when `parent`, the process that started
+    it, dies, whatever kills it (SIGKILL included). For a process started as someone's
+    child (`agentflux demo`'s mesh, a bench's, a script's), which would otherwise run on
+    alone once its parent is killed: nothing else tells it, as it may never write to the
+    pipe its parent held. The SIGTERM is handled as any other (`stop_on_signals`: drain).
+
+    Linux only (`prctl(PR_SET_PDEATHSIG)`). The kernel sends the signal when the *thread*
+    that started this process ends, so the parent must start it from a thread that lives
+    as long as the parent does (its main thread). Call it early: a parent that is gone
+    by then was reported by no signal, and is found here as a `ParentError`, as is a
+    `parent` that is not this process's parent."""
+    if not sys.platform.startswith("linux"):
+        raise ParentError("stopping with the parent needs Linux (prctl PR_SET_PDEATHSIG)")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise ParentError(f"prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}")
+    # Checked after the prctl: a parent that dies from here on sends the signal, one
+    # that died before has left this process to another parent.
+    if os.getppid() != parent:
+        raise ParentError(
+            f"process {parent} is not the parent of this process (it exited, or never was)"
+        )
 
 
 class EventLoopError(RuntimeError):

@@ -138,7 +138,8 @@ class Mesh:
         """Starts `agentflux serve SERVICES` (all five when none) and waits until ready."""
         names = services or ALL
         popen = subprocess.Popen(  # noqa: ASYNC220 - returns at once; output is pumped by a thread
-            [AGENTFLUX, "serve", *names],
+            # --parent: a pytest killed outright (a CI timeout) takes its meshes with it.
+            [AGENTFLUX, "serve", "--parent", str(os.getpid()), *names],
             cwd=ROOT,
             env={**self.env, **env},
             stdout=subprocess.PIPE,
