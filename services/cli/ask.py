@@ -22,6 +22,7 @@ from pydantic import SecretStr, ValidationError
 
 from interceptors import FluxContext, Telemetry, bind, client_interceptors, new_id
 from services.cli.ask_view import JsonView, TextView, View, trace_summary
+from services.cli.spans import store_marks
 from services.runtime.bearer import api_key_interceptors
 from services.runtime.config import Settings
 from services.runtime.tls import TLSSettingsError, gateway_channel
@@ -237,6 +238,10 @@ def ask(
         )
     got = Progress(run_id=resume, last_event=after)
     view: View = JsonView() if as_json else TextView()
+    # A new request's spans can only come after this moment: the summary looks there
+    # (a resumed run's began before, anywhere in the store).
+    store = settings.span_store_dir
+    marks = store_marks(store) if store is not None and request is not None else None
 
     def say(line: str) -> None:
         typer.echo(line, err=as_json)  # --json: stdout carries the events alone
@@ -261,7 +266,7 @@ def ask(
     status = types_pb2.CompletionStatus.Name(finished.status).removeprefix("COMPLETION_STATUS_")
     say(f"run          {got.run_id} ({status.lower()})")
     say(f"correlation  {got.correlation_id}")
-    summary = trace_summary(settings.span_store_dir, got.correlation_id)
+    summary = trace_summary(store, got.correlation_id, since=marks)
     if summary:
         say(f"trace        {summary}  (agentflux trace {got.correlation_id})")
     else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -160,11 +161,19 @@ class JsonView:
         return None
 
 
-def trace_summary(folder: Path | None, correlation_id: str, *, wait_s: float = 3.0) -> str | None:
+def trace_summary(
+    folder: Path | None,
+    correlation_id: str,
+    *,
+    wait_s: float = 3.0,
+    since: Mapping[str, int] | None = None,
+) -> str | None:
     """`N spans · services · total ms` of the request's traces, or None when the span
     store has none. Services export in batches (every 0.5 s by default), so this waits,
     at most `wait_s`, until the spans of a service besides this CLI arrived and no new
-    span came for longer than one batch."""
+    span came for longer than one batch. `since`: the store's marks from before the
+    request began (`store_marks`), so that each look reads what came after, not the
+    whole store again."""
     if folder is None or not correlation_id:
         return None
     deadline = time.monotonic() + wait_s
@@ -172,7 +181,7 @@ def trace_summary(folder: Path | None, correlation_id: str, *, wait_s: float = 3
     spans: list[dict[str, object]] = []
     while True:
         if folder.is_dir():
-            traces = traces_in(folder, correlation_id)
+            traces = traces_in(folder, correlation_id, since)
             spans = [s for group in traces.values() for s in group]
         now = time.monotonic()
         if len(spans) != count:

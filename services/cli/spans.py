@@ -7,11 +7,12 @@ above the layers that write."""
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterator
+import os
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-__all__ = ["read_matching", "read_spans"]
+__all__ = ["read_matching", "read_spans", "store_marks"]
 
 # Bytes read at a time by `read_matching`: a block is searched whole, and split into lines
 # only when it holds a needle (a day of spans is a file of a gigabyte or more).
@@ -31,9 +32,25 @@ def read_spans(folder: Path) -> Iterator[dict[str, Any]]:
                     continue
 
 
-def read_matching(folder: Path, needles: Collection[bytes]) -> Iterator[dict[str, Any]]:
+def store_marks(folder: Path) -> dict[str, int]:
+    """Where each file of the store ends now (file name -> size): given to
+    `read_matching` as `since`, it reads only what was appended after this moment."""
+    marks: dict[str, int] = {}
+    for path in folder.glob("spans-*.jsonl"):
+        try:
+            marks[path.name] = path.stat().st_size
+        except FileNotFoundError:
+            continue  # deleted meanwhile
+    return marks
+
+
+def read_matching(
+    folder: Path, needles: Collection[bytes], since: Mapping[str, int] | None = None
+) -> Iterator[dict[str, Any]]:
     """The span records whose line holds any of `needles` (raw bytes), oldest file first;
-    torn lines are skipped, as by `read_spans`.
+    torn lines are skipped, as by `read_spans`. With `since` (`store_marks`), each file
+    is read from its mark on (from its start when it is new, or shorter than its mark:
+    replaced).
 
     A block of lines with no needle in it is neither split nor parsed: finding one trace
     in a gigabyte-sized store takes a search of its bytes, not a million JSON parses."""
@@ -41,6 +58,7 @@ def read_matching(folder: Path, needles: Collection[bytes]) -> Iterator[dict[str
         return
     for path in sorted(folder.glob("spans-*.jsonl")):
         with path.open("rb") as fh:
+            _seek_mark(fh, (since or {}).get(path.name, 0))
             rest = b""
             while chunk := fh.read(_BLOCK):
                 block = rest + chunk
@@ -48,6 +66,17 @@ def read_matching(folder: Path, needles: Collection[bytes]) -> Iterator[dict[str
                 block, rest = block[:cut], block[cut:]
                 yield from _parsed(block, needles)
             yield from _parsed(rest, needles)  # a last line the writer has not ended yet
+
+
+def _seek_mark(fh: BinaryIO, mark: int) -> None:
+    """Positions `fh` at `mark`; at its start when the file is shorter (replaced)."""
+    if mark <= 0 or mark > os.fstat(fh.fileno()).st_size:
+        return
+    # Marks fall between two writes, and every write ends its lines, so a mark is a
+    # line's start; a line torn across it (a writer killed mid-write) is skipped whole.
+    fh.seek(mark - 1)
+    if fh.read(1) != b"\n":
+        fh.readline()
 
 
 def _parsed(block: bytes, needles: Collection[bytes]) -> Iterator[dict[str, Any]]:

@@ -12,8 +12,9 @@ import math
 import re
 import textwrap
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -79,19 +80,39 @@ def find_traces(spans: Iterable[Span], ident: str) -> dict[str, list[Span]]:
     return dict(sorted(found.items(), key=lambda item: (_start(item[1][0]), item[0])))
 
 
-def traces_in(folder: Path, ident: str) -> dict[str, list[Span]]:
+def traces_in(
+    folder: Path, ident: str, since: Mapping[str, int] | None = None
+) -> dict[str, list[Span]]:
     """`find_traces` over the span store in `folder`, reading only what it needs.
 
     The first pass parses the lines that hold `ident` or a link (few: batch consumers'),
     which names the traces wanted and linked; the second parses the lines of those traces.
     The rest of the store, nearly all of it once a day of runs is in, is searched as
-    bytes and never parsed."""
-    first = list(read_matching(folder, {ident.encode(), ident.lower().encode(), _LINK}))
+    bytes and never parsed. `since` (`store_marks` taken before the request began): the
+    request's own traces are looked for only in what came after; a trace they link to
+    may be older, and is looked for in the whole store."""
+    first = list(read_matching(folder, {ident.encode(), ident.lower().encode(), _LINK}, since))
     wanted = {str(span.get("trace_id", "")) for span in first if _named(span, ident)}
-    tids = wanted | _linked(_links(first), wanted)
-    tids.discard("")
-    spans = read_matching(folder, {tid.encode() for tid in tids})
-    return find_traces((s for s in spans if str(s.get("trace_id", "")) in tids), ident)
+    linked = _linked(_links(first), wanted) - wanted
+    wanted.discard("")
+    linked.discard("")
+    spans: Iterable[Span]
+    if since is None:
+        spans = _of(read_matching(folder, _needles(wanted | linked)), wanted | linked)
+    else:
+        spans = _of(read_matching(folder, _needles(wanted), since), wanted)
+        if linked:
+            spans = chain(spans, _of(read_matching(folder, _needles(linked)), linked))
+    return find_traces(spans, ident)
+
+
+def _needles(tids: set[str]) -> set[bytes]:
+    return {tid.encode() for tid in tids}
+
+
+def _of(spans: Iterable[Span], tids: set[str]) -> Iterator[Span]:
+    """The spans of the traces `tids` (a line may name another trace in a link)."""
+    return (s for s in spans if str(s.get("trace_id", "")) in tids)
 
 
 def _tree(spans: list[Span]) -> list[tuple[Span, int, bool]]:

@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from services.cli import spans as span_store
-from services.cli.spans import read_spans
+from services.cli.spans import read_matching, read_spans, store_marks
 from services.cli.trace import trace
 from services.cli.waterfall import find_traces, render, traces_in
 
@@ -340,9 +340,8 @@ def test_the_store_search_finds_what_reading_it_all_finds(busy: Path, ident: str
     assert traces_in(busy, ident) == find_traces(read_spans(busy), ident)
 
 
-def test_the_store_search_parses_only_the_lines_that_can_matter(
-    busy: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def count_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The lines the store's reader parses from now on, in order."""
     parsed: list[str] = []
     loads = json.loads
 
@@ -351,9 +350,78 @@ def test_the_store_search_parses_only_the_lines_that_can_matter(
         return loads(text)
 
     monkeypatch.setattr(span_store.json, "loads", counting)
+    return parsed
+
+
+def test_the_store_search_parses_only_the_lines_that_can_matter(
+    busy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed = count_parses(monkeypatch)
     found = traces_in(busy, CORR)
     assert list(found) == [TRACE, BATCH_TRACE, RESTART_TRACE]
     # Each of the three traces' lines once or twice (both passes), the noise never.
     assert len(parsed) <= 2 * sum(len(spans) for spans in found.values())
     assert not [text for text in parsed if '"GET", "kind": "CLIENT", "service": "planner"' in text
                 and CORR not in text and TRACE not in text]  # fmt: skip
+
+
+OLD_TRACE = "22222222222222222222222222222222"
+
+
+def test_a_search_from_marks_reads_only_what_came_after_but_follows_links_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What `agentflux ask` does: marks before the request, the summary's looks after it.
+    monkeypatch.setattr(span_store, "_BLOCK", 256)
+    folder = tmp_path / "traces"
+    folder.mkdir()
+    day = folder / "spans-20231115.jsonl"
+    old = span("o1", None, "publish agent.requested", "PRODUCER", "gateway", -9, -8,
+               trace_id=OLD_TRACE, corr="someone-earlier")  # fmt: skip
+    # Another batch consumer's links: a line any search for links parses, if it reads it.
+    elsewhere = [{"trace_id": OTHER_TRACE, "span_id": "d1".ljust(16, "0")}]
+    batch = span("g1", None, "process agent.tool_called", "CONSUMER", "recorder", -5, -4,
+                 trace_id="3" * 32, corr="", links=elsewhere)  # fmt: skip
+    day.write_text("".join(json.dumps(s) + "\n" for s in [*noise(30), old, batch]))
+    marks = store_marks(folder)
+    assert marks == {day.name: day.stat().st_size}
+    # The request's consumer links back to a message produced before the marks.
+    request = request_trace()
+    request[2]["links"] = [{"trace_id": OLD_TRACE, "span_id": "o1".ljust(16, "0")}]
+    with day.open("a") as fh:
+        fh.write("".join(json.dumps(s) + "\n" for s in [*request, *noise(5)]))
+    (folder / "spans-20231116.jsonl").write_text(json.dumps(restarted_trace()[0]) + "\n")
+
+    everything = find_traces(read_spans(folder), CORR)
+    parsed = count_parses(monkeypatch)
+    found = traces_in(folder, CORR, marks)
+    assert found == everything
+    assert list(found) == [OLD_TRACE, TRACE, RESTART_TRACE]
+    # The request's lines from the marks on (two passes), the linked trace's and the
+    # line linking to it (a third pass, the whole store); no noise, before or after.
+    assert all(any(i in t for i in (CORR, OLD_TRACE)) for t in parsed)
+    assert len(parsed) <= 2 * (len(request) + 1) + 2
+
+
+def test_a_mark_inside_a_line_or_past_a_replaced_file_loses_nothing_after_it(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "traces"
+    folder.mkdir()
+    first, second = request_trace()[:2]
+    day = folder / "spans-20231115.jsonl"
+    day.write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n")
+    needle = {TRACE.encode()}
+    # Inside the first line (a write torn across the mark): that line is skipped whole.
+    assert [s["span_id"] for s in read_matching(folder, needle, {day.name: 5})] == [
+        second["span_id"]
+    ]
+    # At a line's start: from that line on.
+    start = len(json.dumps(first)) + 1
+    assert [s["span_id"] for s in read_matching(folder, needle, {day.name: start})] == [
+        second["span_id"]
+    ]
+    # A file shorter than its mark was replaced (a cleared store): all of it is new.
+    assert len(list(read_matching(folder, needle, {day.name: 10**9}))) == 2
+    # A file with no mark is new: all of it.
+    assert len(list(read_matching(folder, needle, {}))) == 2
