@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from rich.console import Console
 from rich.status import Status
 
+from services.cli.spans import Mark
 from services.cli.waterfall import traces_in
 
 __all__ = ["JsonView", "TextView", "View", "trace_summary"]
@@ -166,7 +167,7 @@ def trace_summary(
     correlation_id: str,
     *,
     wait_s: float = 3.0,
-    since: Mapping[str, int] | None = None,
+    since: Mapping[str, Mark] | None = None,
 ) -> str | None:
     """`N spans · services · total ms` of the request's traces, or None when the span
     store has none. Services export in batches (every 0.5 s by default), so this waits,

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import typer
 
-from services.cli.spans import read_matching
+from services.cli.spans import Mark, read_matching
 
 __all__ = ["find_traces", "render", "traces_in"]
 
@@ -81,7 +81,7 @@ def find_traces(spans: Iterable[Span], ident: str) -> dict[str, list[Span]]:
 
 
 def traces_in(
-    folder: Path, ident: str, since: Mapping[str, int] | None = None
+    folder: Path, ident: str, since: Mapping[str, Mark] | None = None
 ) -> dict[str, list[Span]]:
     """`find_traces` over the span store in `folder`, reading only what it needs.
 

@@ -384,7 +384,7 @@ def test_a_search_from_marks_reads_only_what_came_after_but_follows_links_back(
                  trace_id="3" * 32, corr="", links=elsewhere)  # fmt: skip
     day.write_text("".join(json.dumps(s) + "\n" for s in [*noise(30), old, batch]))
     marks = store_marks(folder)
-    assert marks == {day.name: day.stat().st_size}
+    assert marks == {day.name: (day.stat().st_ino, day.stat().st_size)}
     # The request's consumer links back to a message produced before the marks.
     request = request_trace()
     request[2]["links"] = [{"trace_id": OLD_TRACE, "span_id": "o1".ljust(16, "0")}]
@@ -403,7 +403,7 @@ def test_a_search_from_marks_reads_only_what_came_after_but_follows_links_back(
     assert len(parsed) <= 2 * (len(request) + 1) + 2
 
 
-def test_a_mark_inside_a_line_or_past_a_replaced_file_loses_nothing_after_it(
+def test_a_mark_inside_a_line_or_of_a_replaced_file_loses_nothing_after_it(
     tmp_path: Path,
 ) -> None:
     folder = tmp_path / "traces"
@@ -411,17 +411,24 @@ def test_a_mark_inside_a_line_or_past_a_replaced_file_loses_nothing_after_it(
     first, second = request_trace()[:2]
     day = folder / "spans-20231115.jsonl"
     day.write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n")
+    ino = day.stat().st_ino
     needle = {TRACE.encode()}
+
+    def ids(since: dict[str, tuple[int, int]]) -> list[str]:
+        return [s["span_id"] for s in read_matching(folder, needle, since)]
+
+    both = [first["span_id"], second["span_id"]]
     # Inside the first line (a write torn across the mark): that line is skipped whole.
-    assert [s["span_id"] for s in read_matching(folder, needle, {day.name: 5})] == [
-        second["span_id"]
-    ]
+    assert ids({day.name: (ino, 5)}) == [second["span_id"]]
     # At a line's start: from that line on.
-    start = len(json.dumps(first)) + 1
-    assert [s["span_id"] for s in read_matching(folder, needle, {day.name: start})] == [
-        second["span_id"]
-    ]
-    # A file shorter than its mark was replaced (a cleared store): all of it is new.
-    assert len(list(read_matching(folder, needle, {day.name: 10**9}))) == 2
+    assert ids({day.name: (ino, len(json.dumps(first)) + 1)}) == [second["span_id"]]
+    # Shorter than its mark: not the file marked (a cleared store), all of it is new.
+    assert ids({day.name: (ino, 10**9)}) == both
     # A file with no mark is new: all of it.
-    assert len(list(read_matching(folder, needle, {}))) == 2
+    assert ids({}) == both
+    # Replaced by a longer one (another inode): all of it, though the mark is within it.
+    new = folder / "new"
+    new.write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n" * 100)
+    new.replace(day)
+    assert day.stat().st_ino != ino
+    assert ids({day.name: (ino, 5)}) == both
