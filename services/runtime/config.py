@@ -16,9 +16,12 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings", "default_stack_dir"]
+__all__ = ["INDEX_FOLDER", "SPAN_STORE_FOLDER", "Settings", "default_stack_dir"]
 
 _CHECKOUT = Path(__file__).resolve().parents[2]
+# What the mesh keeps in the stack folder by default (`stack down --wipe` deletes them).
+SPAN_STORE_FOLDER = "traces"
+INDEX_FOLDER = "index"
 
 
 def default_stack_dir() -> Path:
@@ -525,7 +528,7 @@ class Settings(BaseSettings):
     @property
     def span_store_dir(self) -> Path | None:
         """Folder of the local span store, or None when it is off."""
-        return self.stack_dir / "traces" if self.span_store else None
+        return self.stack_dir / SPAN_STORE_FOLDER if self.span_store else None
 
     @cached_property
     def gateway_target(self) -> str:
@@ -540,7 +543,7 @@ class Settings(BaseSettings):
     @cached_property
     def index_folder(self) -> Path:
         """Folder of the indexer's SQLite files."""
-        return self.index_dir or self.stack_dir / "index"
+        return self.index_dir or self.stack_dir / INDEX_FOLDER
 
     @cached_property
     def kafka_bootstrap_servers(self) -> str:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from services.runtime.adapters.rabbitmq import RabbitConnection
-from services.runtime.config import Settings
+from services.runtime.config import INDEX_FOLDER, SPAN_STORE_FOLDER, Settings
 from services.runtime.topology import (
     declare_task_topology,
     ensure_kafka_topics,
@@ -184,7 +184,7 @@ def down(settings: Settings, *, wipe: bool = False, say: Say = _quiet) -> None:
             # The brokers' folders, and what the mesh keeps in the stack folder: the span
             # store and the indexer's default folder. Named one by one: the stack folder
             # is a setting, and may hold things that are not the stack's.
-            mesh = [settings.stack_dir / "traces", settings.stack_dir / "index"]
+            mesh = [settings.stack_dir / SPAN_STORE_FOLDER, settings.stack_dir / INDEX_FOLDER]
             for folder in [*(service.root for service in all_services(settings)), *mesh]:
                 shutil.rmtree(folder, ignore_errors=True)
             say(f"wiped {settings.stack_dir}")
