@@ -2,7 +2,7 @@
 clients, in one run.
 
     .venv/bin/python -m bench.runs [--quick] [--rate R] [--knee | --no-knee]
-                                   [--no-sampled-out] [--split] [--json PATH]
+                                   [--no-sampled-out] [--no-floor] [--split] [--json PATH]
 
 **agentflux**: the five services in one `agentflux serve` subprocess, in a namespace of
 their own (`bench-<random>.`: a namespace is one label), with their own gRPC ports, index
@@ -17,6 +17,10 @@ produces the result to Kafka, a consumer that appends the answer to a Redis stre
 live under `bench.<random>.`. **sampled out** (unless `--no-sampled-out`): a second
 `agentflux serve` with the same settings but AGENTFLUX_TRACE_SAMPLE_RATIO=0, in the
 namespace `bench-<random>-s.` with a folder of its own, so its runs record no spans.
+**bare + state** (unless `--no-floor`): a second bare helper (`--state-trips`, names under
+`bench.<random>-f.`) that also makes, at each step, the Redis round trips the mesh makes
+there (STATE_TRIPS), each a plain SET or XADD from the bare client: the least the
+design's state, events and guard cost a run, with nothing of agentflux around them.
 **agentflux, a process per service** (`--split`, in the knee only): the same mesh as five
 `agentflux serve <service>` processes in `bench-<random>-p.`, started when the knee starts.
 Every other side is one process of services with the client in this process, so all pay
@@ -25,8 +29,8 @@ Submit("what is 6*7"), then StreamRun until `finished`, both with the bench's AP
 (the gateway requires one; the bare chain ignores it). The run latency is Submit -> `finished`
 received.
 
-Four measurements, each in interleaved rounds (bare, agentflux, sampled out, then the
-reverse order) after a warm-up, with gc before each round: (1) one run at a time:
+Four measurements, each in interleaved rounds (bare, bare + state, agentflux, sampled
+out, then the reverse order) after a warm-up, with gc before each round: (1) one run at a time:
 p50/p90/p99 and the ratios to bare and to agentflux; (2) a fixed open-loop load (`--rate`
 runs/s, started on schedule whether or not earlier runs finished): latency and whether
 bare and agentflux kept up; (3) closed loop, K runs in flight: runs/s; (4) the knee: an
@@ -187,6 +191,31 @@ RATE_LIMIT = 1_000_000_000
 # The sides, as named in the tables and the JSON.
 BARE, FLUX, SAMPLED = "bare", "agentflux", "sampled out"
 SPLIT = "agentflux, a process per service"
+FLOOR = "bare + state"
+
+# The Redis round trips a run through the mesh makes at each step of the chain beyond the
+# bare chain's own, at this version (its spans: "What one run costs"; 26 a run, two of
+# them the indexer's after the answer, which the bare chain has no part in), made by the
+# floor side (`bare + state`) with the bare client: the cheapest round trip there is,
+# with no script, span or guard logic around it. "event" is an XADD to the run's stream
+# where the mesh appends one of the run's events (each wakes StreamRun's XREAD); "state"
+# is a SET of a key of the run's. Per step: the trips before it hands the run on, and
+# those after (the guard's outcome, which the mesh writes after the hand-off). Memcached
+# reads (4 a run) are left out: the floor is a lower bound.
+STATE_TRIPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # admission; the run's record with its `accepted` event
+    "gateway": (("state", "event"), ()),
+    # claim; the run, memory and session; the model call's budget; `planned` | outcome
+    "planner": (("state", "state", "state", "event"), ("state",)),
+    # claim; the call begun, `started`; the cached result; the result, `finished` | outcome
+    "worker": (("state", "event", "state", "event"), ("state",)),
+    # claim; the run, memory and the step's results; the template's usage | outcome (the
+    # answer and the run's end are the bare chain's own XADD pipeline)
+    "composer": (("state", "state", "state"), ("state",)),
+    # StreamRun: admission; the run's record; the stream so far (XRANGE)
+    "stream": (("state", "state", "state"), ()),
+}
+STATE_TTL_MS = 600_000
 
 
 # -- the bare chain (runs in a helper process: --bare-chain) -------------------------------
@@ -358,11 +387,24 @@ class BareChain(gateway_pb2_grpc.AgentGatewayServicer):
     `stamps` records, per run, when each handler starts and when it hands the run on
     (wall clock, ns), for the breakdown; that costs a dict write per hop."""
 
-    def __init__(self, settings: Settings, names: BareNames) -> None:
+    def __init__(self, settings: Settings, names: BareNames, state: bool = False) -> None:
         self.settings = settings
         self.names = names
+        self.state = state  # the floor side: STATE_TRIPS at each step
         self.stamps: dict[str, dict[str, int]] = {}
         self.consumers: list[BareConsumer] = []
+
+    async def trips(self, run_id: str, step: str, after: bool = False) -> None:
+        """The floor side's Redis round trips at `step` (STATE_TRIPS), one after the
+        other, as the mesh makes them; nothing on the bare side."""
+        if not self.state:
+            return
+        for kind in STATE_TRIPS[step][1 if after else 0]:
+            if kind == "event":
+                await self.redis.xadd(self.names.stream(run_id), {"event": step})
+            else:
+                key = f"{self.names.prefix}state:{run_id}"
+                await self.redis.set(key, step, px=STATE_TTL_MS)
 
     def stamp(self, run_id: str, mark: str) -> None:
         self.stamps.setdefault(run_id, {})[mark] = time.time_ns()
@@ -422,6 +464,7 @@ class BareChain(gateway_pb2_grpc.AgentGatewayServicer):
         event.request_time.GetCurrentTime()
         self.stamps.setdefault(run_id, {})["gateway"] = begun
         key = event.conversation_id.encode()
+        await self.trips(run_id, "gateway")
         self.stamp(run_id, "requested")
         await self.producer.produce(self.names.requested, event.SerializeToString(), key)
         run = types_pb2.Run(
@@ -439,6 +482,7 @@ class BareChain(gateway_pb2_grpc.AgentGatewayServicer):
         key = self.names.stream(request.run_id)
         last: bytes | str = "0-0"
         reads = self.stamps.setdefault(request.run_id, {})
+        await self.trips(request.run_id, "stream")
         while True:
             reads["xreads"] = reads.get("xreads", 0) + 1  # a count, not a time
             got: Any = await self.redis.xread({key: last}, count=10, block=STREAM_BLOCK_MS)
@@ -482,8 +526,10 @@ class BareChain(gateway_pb2_grpc.AgentGatewayServicer):
             delivery_mode=DeliveryMode.PERSISTENT,
             priority=AMQP_PRIORITY,
         )
+        await self.trips(request.run_id, "planner")
         self.stamp(request.run_id, "task")
         await self.exchange.publish(message, self.names.tasks, mandatory=True)
+        await self.trips(request.run_id, "planner", after=True)
 
     # "worker": the tool task -> its result
     async def work(self, message: AbstractIncomingMessage) -> None:
@@ -512,8 +558,10 @@ class BareChain(gateway_pb2_grpc.AgentGatewayServicer):
             result=result,
         )
         key = task.conversation_id.encode()
+        await self.trips(task.run_id, "worker")
         self.stamp(task.run_id, "called")
         await self.producer.produce(self.names.called, called.SerializeToString(), key)
+        await self.trips(task.run_id, "worker", after=True)
         await message.ack()
 
     # "composer": the result -> the answer in the run's stream
@@ -523,27 +571,31 @@ class BareChain(gateway_pb2_grpc.AgentGatewayServicer):
         expression = called.call.arguments["expression"]
         text = f"{expression} = {called.result.output.number_value:g}."
         key = self.names.stream(called.run_id)
+        await self.trips(called.run_id, "composer")
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xadd(key, {"answer": text})
             pipe.pexpire(key, STREAM_TTL_MS)
             await pipe.execute()
+        await self.trips(called.run_id, "composer", after=True)
 
 
 def _dump(path: Path, stamps: dict[str, dict[str, int]]) -> None:
     path.write_text(json.dumps(stamps))
 
 
-async def serve_bare(prefix: str, port: int, stamps: Path) -> int:
-    """The helper process: the bare chain until SIGTERM, then its stamps to `stamps`."""
+async def serve_bare(prefix: str, port: int, stamps: Path, state: bool = False) -> int:
+    """The helper process: the bare chain (with STATE_TRIPS if `state`) until SIGTERM,
+    then its stamps to `stamps`."""
     # Only Submit and StreamRun are served; the other methods answer UNIMPLEMENTED.
-    chain = BareChain(Settings(), BareNames(prefix))  # type: ignore[abstract]
+    chain = BareChain(Settings(), BareNames(prefix), state)  # type: ignore[abstract]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         await chain.start(port)
-        print(f"ready: bare chain on {LOOPBACK}:{port} (names under {prefix})", flush=True)
+        what = "bare chain + state trips" if state else "bare chain"
+        print(f"ready: {what} on {LOOPBACK}:{port} (names under {prefix})", flush=True)
         await stop.wait()
     finally:
         await chain.close()
@@ -1315,9 +1367,11 @@ async def _drop_kafka_names(settings: Settings, topics: list[str], group_prefix:
                 log(f"  clean-up of Kafka topic {topic} failed: {exc!r}")
 
 
-async def clean_up(settings: Settings, namespaces: Sequence[str], bare: BareNames) -> None:
-    """Deletes what any side made (the meshes' `namespaces` and the baseline's names);
-    every step runs even when an earlier one failed."""
+async def clean_up(
+    settings: Settings, namespaces: Sequence[str], bares: Sequence[BareNames]
+) -> None:
+    """Deletes what any side made (the meshes' `namespaces` and the bare helpers'
+    names); every step runs even when an earlier one failed."""
     log("cleaning up")
 
     async def step(what: str, action: Callable[[], Awaitable[Any]]) -> None:
@@ -1330,7 +1384,8 @@ async def clean_up(settings: Settings, namespaces: Sequence[str], bare: BareName
         for ns in namespaces:
             topics = [t.name for t in kafka_topics(settings, prefix=ns)]
             await _drop_kafka_names(settings, topics, ns)
-        await _drop_kafka_names(settings, [bare.requested, bare.called], bare.prefix)
+        for bare in bares:
+            await _drop_kafka_names(settings, [bare.requested, bare.called], bare.prefix)
 
     async def rabbit() -> None:
         for ns in namespaces:
@@ -1338,13 +1393,14 @@ async def clean_up(settings: Settings, namespaces: Sequence[str], bare: BareName
         connection = await aio_pika.connect(settings.amqp_url, timeout=10)
         async with connection:
             channel = await connection.channel()
-            await channel.queue_delete(bare.tasks)
-            await channel.exchange_delete(bare.tasks)
+            for bare in bares:
+                await channel.queue_delete(bare.tasks)
+                await channel.exchange_delete(bare.tasks)
 
     async def redis() -> None:
         client = aioredis.Redis.from_url(settings.redis_dsn)
         try:
-            for prefix in (*namespaces, bare.prefix):
+            for prefix in (*namespaces, *(bare.prefix for bare in bares)):
                 await purge_redis(client, prefix)
         finally:
             await client.aclose()
@@ -1393,10 +1449,13 @@ Row = tuple[str, ...]
 
 
 def _header(names: Sequence[str]) -> Row:
-    """bare, agentflux and its ratio; then sampled out and its ratios to both, if run."""
+    """bare, agentflux and its ratio; then sampled out and its ratios to both, and bare
+    + state, its ratio to bare and agentflux's to it, if run."""
     header = ["", BARE, FLUX, f"{FLUX}/{BARE}"]
     if SAMPLED in names:
         header += [SAMPLED, f"{SAMPLED}/{BARE}", f"{SAMPLED}/{FLUX}"]
+    if FLOOR in names:
+        header += [FLOOR, f"{FLOOR}/{BARE}", f"{FLUX}/{FLOOR}"]
     return tuple(header)
 
 
@@ -1409,6 +1468,9 @@ def _row(
     if SAMPLED in values:
         x = values[SAMPLED]
         row += [fmt(x), _ratio(x, b) if ratios else "", _ratio(x, f) if ratios else ""]
+    if FLOOR in values:
+        x = values[FLOOR]
+        row += [fmt(x), _ratio(x, b) if ratios else "", _ratio(f, x) if ratios else ""]
     return tuple(row)
 
 
@@ -1416,6 +1478,8 @@ def _text_row(label: str, cells: dict[str, str]) -> Row:
     row = [label, cells[BARE], cells[FLUX], ""]
     if SAMPLED in cells:
         row += [cells[SAMPLED], "", ""]
+    if FLOOR in cells:
+        row += [cells[FLOOR], "", ""]
     return tuple(row)
 
 
@@ -1554,19 +1618,31 @@ def knee_ratio(sweeps: dict[str, Sweep]) -> str:
     return f"{bound}{flux.knee / bare.knee:.2f}x"
 
 
+# (label, key in the mesh's costs, the bare chain's count, the floor's STATE_TRIPS step)
 REDIS_ROWS = (
-    ("Redis commands, gateway's Submit", "run: redis gateway", "0"),
-    ("Redis commands, planner", "run: redis planner", "0"),
-    ("Redis commands, worker", "run: redis worker", "0"),
-    ("Redis commands, composer", "run: redis composer", "2 (XADD, PEXPIRE: 1 pipeline)"),
-    ("Redis commands, indexer", "run: redis indexer", "none (no indexer)"),
-    ("Redis commands, gateway's StreamRun", "stream: redis gateway", ""),
+    ("Redis commands, gateway's Submit", "run: redis gateway", "0", "gateway"),
+    ("Redis commands, planner", "run: redis planner", "0", "planner"),
+    ("Redis commands, worker", "run: redis worker", "0", "worker"),
+    (
+        "Redis commands, composer",
+        "run: redis composer",
+        "2 (XADD, PEXPIRE: 1 pipeline)",
+        "composer",
+    ),
+    ("Redis commands, indexer", "run: redis indexer", "none (no indexer)", ""),
+    ("Redis commands, gateway's StreamRun", "stream: redis gateway", "", "stream"),
 )
 
 
-def cost_table(costs: dict[str, float], bare_xreads: float) -> str:
+def floor_commands(step: str) -> int:
+    """The Redis commands the floor side adds at `step` (STATE_TRIPS)."""
+    before, after = STATE_TRIPS[step]
+    return len(before) + len(after)
+
+
+def cost_table(costs: dict[str, float], bare_xreads: float, floor_xreads: float | None) -> str:
     """What one run costs in spans, round trips and messages (agentflux: from its
-    spans; bare: by construction, its XREADs counted)."""
+    spans; bare and bare + state: by construction, their XREADs counted)."""
 
     def got(key: str) -> str:
         return f"{costs.get(key, 0):g}"
@@ -1577,7 +1653,7 @@ def cost_table(costs: dict[str, float], bare_xreads: float) -> str:
         ("spans, the run's trace", got("run: spans"), "0"),
         ("spans, its StreamRun call", got("stream: spans"), "0"),
     ]
-    for label, key, bare in REDIS_ROWS:
+    for label, key, bare, _step in REDIS_ROWS:
         body.append((label, got(key), bare or f"{bare_xreads:g} (XREAD BLOCK)"))
     body += [
         ("Redis commands in all", f"{redis:g}", f"{bare_xreads + 2:g}"),
@@ -1585,24 +1661,38 @@ def cost_table(costs: dict[str, float], bare_xreads: float) -> str:
         ("Kafka records produced", got("run: published kafka"), "2"),
         ("RabbitMQ messages published", got("run: published rabbitmq"), "1"),
     ]
-    return _markdown(("per run (median)", "agentflux", "bare"), body)
+    header: Row = ("per run (median)", "agentflux", "bare")
+    if floor_xreads is None:
+        return _markdown(header, body)
+    # bare + state: the bare chain's commands and STATE_TRIPS, each a round trip.
+    floor = {label: f"{floor_commands(step)}" for label, _, _, step in REDIS_ROWS if step}
+    floor[REDIS_ROWS[3][0]] = f"{floor_commands('composer') + 2}"  # and its own pipeline
+    floor[REDIS_ROWS[5][0]] = (
+        f"{floor_xreads + floor_commands('stream'):g} ({floor_xreads:g} XREAD BLOCK)"
+    )
+    added = sum(floor_commands(step) for step in STATE_TRIPS)
+    floor["Redis commands in all"] = f"{floor_xreads + 2 + added:g}"
+    return _markdown((*header, FLOOR), [(*row, floor.get(row[0], row[2])) for row in body])
 
 
 def breakdown_table(got: dict[str, tuple[list[float], float, int]]) -> str:
-    (bare, bare_total, nb), (flux, flux_total, nf) = got["bare"], got["agentflux"]
-    header = ("segment (median ms)", "bare", "agentflux", "agentflux - bare")
-    body = [
-        (label, _ms(b), _ms(f), f"{f - b:+.2f}")
-        for label, b, f in zip(SEGMENTS, bare, flux, strict=True)
-    ]
-    body.append(
-        (
-            f"whole run (median; runs: {nb} bare, {nf} agentflux)",
-            _ms(bare_total),
-            _ms(flux_total),
-            f"{flux_total - bare_total:+.2f}",
-        )
-    )
+    """Each segment per side, and agentflux less bare (and less bare + state, if run)."""
+    (bare, bare_total, nb), (flux, flux_total, nf) = got[BARE], got[FLUX]
+    floor, floor_total, nl = got.get(FLOOR, ([], 0.0, 0))
+    header: Row = ("segment (median ms)", BARE, FLUX, f"{FLUX} - {BARE}")
+    if nl:
+        header += (FLOOR, f"{FLUX} - {FLOOR}")
+    columns = [bare, flux, *([floor] if nl else [])]
+    body = []
+    for label, b, f, *x in zip(SEGMENTS, *columns, strict=True):
+        row: Row = (label, _ms(b), _ms(f), f"{f - b:+.2f}")
+        body.append(row + ((_ms(x[0]), f"{f - x[0]:+.2f}") if x else ()))
+    runs = f"runs: {nb} {BARE}, {nf} {FLUX}" + (f", {nl} {FLOOR}" if nl else "")
+    whole: Row = (f"whole run (median; {runs})", _ms(bare_total), _ms(flux_total))
+    whole += (f"{flux_total - bare_total:+.2f}",)
+    if nl:
+        whole += (_ms(floor_total), f"{flux_total - floor_total:+.2f}")
+    body.append(whole)
     return _markdown(header, body)
 
 
@@ -1658,20 +1748,28 @@ async def start_sides(
     bare: BareNames,
     procs: list[Child | ChildGroup],
     key: str,
+    floor: BareNames | None = None,
 ) -> list[Side]:
-    """The processes (bare, agentflux, and sampled out when there is a second
-    namespace), started at once and waited for; a client channel to each. Each one is
-    stopped on the way out from the moment it exists."""
+    """The processes (bare, agentflux, sampled out when there is a second namespace, and
+    bare + state when there are `floor` names), started at once and waited for; a client
+    channel to each. Each one is stopped on the way out from the moment it exists."""
     api_keys = f"{BARE_TENANT}:{digest_of(key)}"
-    bare_port = free_port()
-    helper = [sys.executable, "-m", "bench.runs", "--bare-chain", bare.prefix]
-    helper += ["--port", str(bare_port), "--stamps", str(folder / "bare-stamps.json")]
-    bare_proc = Child.start(
-        "bare chain", helper, {**os.environ, "PYTHONUNBUFFERED": "1"}, folder / "bare.log"
-    )
-    procs.append(bare_proc)
-    stack.push_async_callback(bare_proc.stop)
-    wanted = [(BARE, bare_proc, bare_port, False)]
+    helpers: list[tuple[str, str, BareNames, str, tuple[str, ...]]] = [
+        (BARE, "bare chain", bare, "bare", ())
+    ]
+    if floor is not None:
+        helpers.append((FLOOR, "bare chain + state trips", floor, "floor", ("--state-trips",)))
+    wanted = []
+    for name, title, names, file, flags in helpers:
+        port = free_port()
+        helper = [sys.executable, "-m", "bench.runs", "--bare-chain", names.prefix, *flags]
+        helper += ["--port", str(port), "--stamps", str(folder / f"{file}-stamps.json")]
+        proc = Child.start(
+            title, helper, {**os.environ, "PYTHONUNBUFFERED": "1"}, folder / f"{file}.log"
+        )
+        procs.append(proc)
+        stack.push_async_callback(proc.stop)
+        wanted.append((name, proc, port, False))
     meshes: list[tuple[str, str, Path, str | None]] = [(FLUX, "agentflux serve", folder, None)]
     if len(namespaces) > 1:
         (folder / "sampled-out").mkdir()
@@ -1733,6 +1831,7 @@ class Findings:
     sweeps: dict[str, Sweep] = field(default_factory=dict)  # the knee, per side
     costs: dict[str, float] = field(default_factory=dict)
     bare_marks: dict[str, dict[str, int]] = field(default_factory=dict)
+    floor_marks: dict[str, dict[str, int]] = field(default_factory=dict)
     breakdowns: dict[str, dict[str, tuple[list[float], float, int]]] = field(default_factory=dict)
     sampled_check: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
@@ -1839,6 +1938,9 @@ async def run(args: argparse.Namespace) -> int:
         namespaces.append(f"bench-{token}-s.")  # not under `ns`: nor is `ns` under it
     split_ns = f"bench-{token}-p." if args.split and knee_plan is not None else None
     bare = BareNames(f"bench.{token}.")
+    # Not under the bare chain's prefix: the clean-up of one must not reach the other's.
+    floor = BareNames(f"bench.{token}-f.") if args.floor and not only_knee else None
+    bares = [bare, *([floor] if floor else [])]
     started = datetime.now(UTC)
     problems = await preflight(settings, ("kafka", "rabbitmq", "redis", "memcached"))
     if problems:
@@ -1850,11 +1952,14 @@ async def run(args: argparse.Namespace) -> int:
     log(
         f"agentflux bench runs ({'quick' if args.quick else 'full'}"
         f"{', knee only' if only_knee else ''}): mesh namespace{'s' if sampled else ''} "
-        f"{' and '.join(namespaces)}, bare names under {bare.prefix}; "
+        f"{' and '.join(namespaces)}, bare names under "
+        f"{' and '.join(b.prefix for b in bares)}; "
         f"{os.cpu_count()} CPUs, load {load_start[0]:.2f}"
     )
     if args.sampled_out and only_knee:
         log("  (no sampled-out side: it is measured one at a time and in the closed loop)")
+    if args.floor and only_knee:
+        log("  (no bare + state side: it is measured one at a time and in the closed loop)")
     if args.split and knee_plan is None:
         log("  (--split is a side of the knee, which --no-knee leaves out: not started)")
     pids = stack_pids(settings)
@@ -1865,13 +1970,14 @@ async def run(args: argparse.Namespace) -> int:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentflux-bench-")))
         # After every process stopped (the stack unwinds in reverse).
         stack.push_async_callback(
-            clean_up, settings, [*namespaces, *([split_ns] if split_ns else [])], bare
+            clean_up, settings, [*namespaces, *([split_ns] if split_ns else [])], bares
         )
         procs: list[Child | ChildGroup] = []
         try:
-            await declare_bare(settings, bare)
+            for names in bares:
+                await declare_bare(settings, names)
             key = new_key()
-            sides = await start_sides(stack, folder, namespaces, bare, procs, key)
+            sides = await start_sides(stack, folder, namespaces, bare, procs, key, floor)
             split: Callable[[], Awaitable[Side]] | None = None
             if split_ns is not None:
                 split = functools.partial(start_split_side, stack, folder, split_ns, procs, key)
@@ -1896,12 +2002,17 @@ async def run(args: argparse.Namespace) -> int:
             if "sequential" in results:
                 found.costs.update(run_costs(facts, results["sequential"][FLUX].samples))
             found.bare_marks = _read_stamps(folder / "bare-stamps.json")
+            found.floor_marks = _read_stamps(folder / "floor-stamps.json")
             for phase in ("sequential", "closed"):
                 if phase in results:
                     found.breakdowns[phase] = {
                         BARE: breakdown(results[phase][BARE].samples, found.bare_marks),
                         FLUX: breakdown(results[phase][FLUX].samples, flux_marks),
                     }
+                    if FLOOR in results[phase]:
+                        found.breakdowns[phase][FLOOR] = breakdown(
+                            results[phase][FLOOR].samples, found.floor_marks
+                        )
         if any(SAMPLED in phases for phases in results.values()):
             check = sampled_out_check(folder / "sampled-out" / "traces", results)
             found.sampled_check = check
@@ -1964,9 +2075,11 @@ def report(
     if not results and not any(s.steps for s in found.sweeps.values()):
         return "No phase finished."
     parts = []
-    ratios = "ratio = agentflux / bare"
+    ratios = "ratios: agentflux / bare"
     if any(SAMPLED in phases for phases in results.values()):
-        ratios = "ratios: agentflux / bare, sampled out / bare, sampled out / agentflux"
+        ratios += ", sampled out / bare, sampled out / agentflux"
+    if any(FLOOR in phases for phases in results.values()):
+        ratios += ", bare + state / bare, agentflux / bare + state"
     if "sequential" in results:
         parts += [
             f"One run at a time ({plan.seq_runs} runs per side, {plan.seq_rounds} interleaved "
@@ -2003,10 +2116,15 @@ def report(
         ]
     costs = found.costs
     if costs and "sequential" in results:
-        bare_xreads = statistics.median(
-            found.bare_marks.get(s.run_id, {}).get("xreads", 0)
-            for s in results["sequential"][BARE].samples
-        )
+        seq = results["sequential"]
+
+        def xreads(name: str, marks: dict[str, dict[str, int]]) -> float:
+            return statistics.median(
+                marks.get(s.run_id, {}).get("xreads", 0) for s in seq[name].samples
+            )
+
+        bare_xreads = xreads(BARE, found.bare_marks)
+        floor_xreads = xreads(FLOOR, found.floor_marks) if FLOOR in seq else None
         events = {
             n: statistics.median(s.events for s in p.samples)
             for n, p in results["sequential"].items()
@@ -2015,9 +2133,10 @@ def report(
             "",
             f"What one run costs, one at a time (agentflux: from its spans, over "
             f"{costs.get('run: traces', 0):g} runs and {costs.get('stream: traces', 0):g} "
-            f"StreamRun calls; bare: by construction). Stream events received per run: "
+            f"StreamRun calls; bare{' and bare + state' if floor_xreads is not None else ''}: "
+            f"by construction). Stream events received per run: "
             f"{events[FLUX]:g} agentflux, {events[BARE]:g} bare.",
-            cost_table(costs, bare_xreads),
+            cost_table(costs, bare_xreads, floor_xreads),
         ]
     titles = {"sequential": "one run at a time", "closed": f"{plan.in_flight} in flight"}
     for phase, got in found.breakdowns.items():
@@ -2025,7 +2144,8 @@ def report(
             parts += [
                 "",
                 f"Where the time goes, {titles[phase]}: median of each segment, wall clock "
-                "(agentflux: its spans; bare: its stamps):",
+                f"(agentflux: its spans; bare{' and bare + state' if FLOOR in got else ''}: "
+                "their stamps):",
                 breakdown_table(got),
             ]
     return "\n".join(parts).lstrip("\n")
@@ -2081,7 +2201,7 @@ def to_json(
         "answer": ANSWER,
         "sides": [
             n
-            for n in (BARE, FLUX, SAMPLED, SPLIT)
+            for n in (BARE, FLUX, SAMPLED, FLOOR, SPLIT)
             if n in found.sweeps or any(n in p for p in found.results.values())
         ],
         "mesh_settings": {
@@ -2156,6 +2276,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "time and in the closed loop (default: on)",
     )
     parser.add_argument(
+        "--floor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a side: the bare chain plus the Redis round trips the mesh makes at each step "
+        "(`bare + state`), one at a time and in the closed loop (default: on)",
+    )
+    parser.add_argument(
         "--split",
         action="store_true",
         help="in the knee, a third side: the same mesh as a process per service "
@@ -2166,6 +2293,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bare-chain", metavar="PREFIX", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--stamps", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--state-trips", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rate <= 0:
         parser.error("--rate must be above 0")
@@ -2178,7 +2306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.bare_chain:
             # On the loop `agentflux serve` runs on (AGENTFLUX_EVENT_LOOP): the two sides
             # differ by agentflux, not by their event loops.
-            main = serve_bare(args.bare_chain, args.port, args.stamps)
+            main = serve_bare(args.bare_chain, args.port, args.stamps, args.state_trips)
             return lifecycle.run(main, Settings().event_loop)
         # The client (this process) stays on asyncio's loop: the same for every side.
         return asyncio.run(run(args))
