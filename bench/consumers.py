@@ -24,7 +24,8 @@ Scenarios (`--scenario`):
   above; **EventConsumer.run** (**TaskConsumer.run** prefetch 64) with the guard's
   defaults; and, as a diagnostic, the same with the guard's batching switched off
   (`IdempotencyGuard(batching=False)`; the row is skipped with a note on a guard that
-  has no such option).
+  has no such option). On RabbitMQ also the client's floor: a bare aio-pika consumer
+  (prefetch 64) that decodes each task and acks it, nothing else.
 
 Method of bench/hops.py, whose helpers it imports: a small untimed warm-up round per
 variant, then interleaved rounds (order reversed every other round, gc before each).
@@ -64,7 +65,8 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from agentflux.v1 import events_pb2, types_pb2
+from agentflux.v1 import events_pb2, tasks_pb2, types_pb2
+from aio_pika.abc import AbstractIncomingMessage
 from confluent_kafka import Message as Record
 from confluent_kafka import TopicPartition
 from redis.typing import EncodableT
@@ -683,6 +685,19 @@ async def _kafka_run(
 # -- RabbitMQ ---------------------------------------------------------------------------
 
 
+async def _rabbit_round_queue(
+    env: Env, n: int
+) -> tuple[RabbitConnection, str, TaskTopology, set[str]]:
+    """A round's own task topology with a backlog of `n` tasks on it: the connection,
+    the round's prefix, the topology and the run ids published."""
+    assert env.rabbit is not None
+    prefix = env.fresh("rabbitmq")
+    topo = task_topology(env.settings, TASK, prefix)
+    env.topos.append(topo)
+    await declare_task_topology(env.rabbit.channel, topo)
+    return env.rabbit, prefix, topo, await _rabbit_backlog(env, prefix, n)
+
+
 async def _rabbit_backlog(env: Env, prefix: str, n: int) -> set[str]:
     assert env.rabbit is not None
     publisher = TaskPublisher(env.rabbit, env.telemetry, source=SOURCE, name_prefix=prefix)
@@ -703,13 +718,7 @@ def rabbit_round(
     `guard`: options of the `IdempotencyGuard`, as in `kafka_round`."""
 
     async def one_round(env: Env, n: int) -> Tally:
-        assert env.rabbit is not None
-        rabbit = env.rabbit
-        prefix = env.fresh("rabbitmq")
-        topo = task_topology(env.settings, TASK, prefix)
-        env.topos.append(topo)
-        await declare_task_topology(rabbit.channel, topo)
-        expected = await _rabbit_backlog(env, prefix, n)
+        rabbit, prefix, topo, expected = await _rabbit_round_queue(env, n)
         consumer = TaskConsumer(
             rabbit,
             env.telemetry,
@@ -751,6 +760,51 @@ def rabbit_round(
     return one_round
 
 
+def rabbit_floor_round() -> RoundFn:
+    """The client's floor: a bare aio-pika consumer on a channel of its own (prefetch
+    BACKLOG_PREFETCH, as `run`'s row) that decodes each task and acks it, and nothing
+    else: no context, span, guard or settling logic. No consumer on this client can cost
+    a message less; `TaskConsumer.run`'s target is read against it."""
+
+    async def one_round(env: Env, n: int) -> Tally:
+        rabbit, _, topo, expected = await _rabbit_round_queue(env, n)
+        seen: Counter[str] = Counter()
+        settle_ms: list[float] = []
+        done = asyncio.Event()
+
+        async def deliver(message: AbstractIncomingMessage) -> None:
+            run_id = tasks_pb2.ToolTask.FromString(message.body).run_id
+            returned = time.perf_counter()
+            await message.ack()
+            settle_ms.append((time.perf_counter() - returned) * 1e3)
+            seen[run_id] += 1
+            if len(settle_ms) == n:
+                done.set()
+
+        channel = await rabbit.connection.channel()
+        try:
+            await channel.set_qos(prefetch_count=BACKLOG_PREFETCH)
+            queue = await channel.get_queue(topo.queue, ensure=True)
+            _started(env)
+            wall, cpu = time.perf_counter(), time.process_time()
+            tag = await queue.consume(deliver)
+            try:
+                async with asyncio.timeout(deadline_s(n)):
+                    await done.wait()
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            finally:
+                await queue.cancel(tag)
+        finally:
+            await channel.close()
+        twice = sorted(r for r, c in seen.items() if c > 1)
+        if set(seen) != expected or twice:
+            missing = len(expected - set(seen))
+            raise AssertionError(f"{topo.queue}: {missing} tasks not seen, {len(twice)} twice")
+        return Tally(n, wall, cpu, settle_ms, peak=1, idle_s=0.0)
+
+    return one_round
+
+
 async def _rabbit_one_at_a_time(
     consumer: TaskConsumer, rabbit: RabbitConnection, probe: Probe, queue: str
 ) -> None:
@@ -775,6 +829,7 @@ def guard_batches() -> bool:
 
 
 UNBATCHED = {"batching": False}
+RABBIT_FLOOR = f"bare aio-pika prefetch {BACKLOG_PREFETCH}: decode and ack only (floor)"
 NO_BATCHING_NOTE = (
     "row '{row}' skipped: this IdempotencyGuard has no `batching` option, so the row "
     "above already runs the guard one round trip per call"
@@ -827,11 +882,13 @@ def _backlog_variants(scenario: str) -> tuple[list[Variant], list[str]]:
 
     run = "EventConsumer.run" if kafka else f"TaskConsumer.run prefetch {BACKLOG_PREFETCH}"
     variants = [Variant("one-at-a-time", rows(False)), Variant(run, rows(True))]
+    # The client's own cost, beside which `run`'s can be read (RabbitMQ: see bench/README.md).
+    floor = [] if kafka else [Variant(RABBIT_FLOOR, rabbit_floor_round())]
     # A diagnostic: what the guard's coalescing of concurrent calls is worth to `run`.
     off = f"{run}, guard batching off"
     if not guard_batches():
-        return variants, [NO_BATCHING_NOTE.format(row=off)]
-    return [*variants, Variant(off, rows(True, UNBATCHED))], []
+        return [*variants, *floor], [NO_BATCHING_NOTE.format(row=off)]
+    return [*variants, Variant(off, rows(True, UNBATCHED)), *floor], []
 
 
 TITLES = {
