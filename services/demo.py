@@ -11,7 +11,9 @@ and Memcached. The mesh is stopped at the end (SIGTERM: it drains first)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
+import logging
 import os
 import re
 import signal
@@ -26,9 +28,10 @@ from pathlib import Path
 
 import grpc
 from agentflux.v1 import gateway_pb2, gateway_pb2_grpc
+from redis.exceptions import RedisError
 
 from services.runtime.adapters.redis import connect_redis
-from services.runtime.apikeys import ApiKeyStore, IssuedKey
+from services.runtime.apikeys import ApiKeyStore, IssuedKey, UnknownKeyIdError
 from services.runtime.bearer import api_key_interceptors
 from services.runtime.config import Settings
 
@@ -38,6 +41,11 @@ Say = Callable[[str], None]
 AGENTFLUX = str(Path(sys.executable).with_name("agentflux"))
 NAMESPACE = "demo."
 DEMO_TENANT = "demo"
+# The demo's key lasts KEY_TTL_S unless renewed, and is renewed every KEY_RENEW_S: a demo
+# killed outright (its clean-up never runs) leaves a working key for at most KEY_TTL_S.
+KEY_TTL_S = 120.0
+KEY_RENEW_S = 30.0
+log = logging.getLogger(__name__)
 _CORRELATION = re.compile(r"^correlation\s+([0-9a-f]{32})", re.M)
 _PAGE = b"agentflux demo page: the http_get tool read this from 127.0.0.1.\n"
 
@@ -76,6 +84,16 @@ def _page() -> Iterator[str]:
 async def run_demo(settings: Settings, say: Say) -> str:
     """Runs the demo; returns the correlation id of the run whose trace it printed."""
     issued = await _demo_key(settings)
+    keeper = asyncio.create_task(_keep_key(settings, issued.record.key_id))
+    try:
+        return await _run_mesh(settings, say, issued)
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        await _forget_key(settings, issued.record.key_id)
+
+
+async def _run_mesh(settings: Settings, say: Say, issued: IssuedKey) -> str:
     env = {
         **os.environ,
         "AGENTFLUX_API_KEY": issued.key,  # what `agentflux ask` presents
@@ -112,7 +130,6 @@ async def run_demo(settings: Settings, say: Say) -> str:
         finally:
             serve.send_signal(signal.SIGTERM)
             await asyncio.to_thread(serve.wait, 60)
-            await _forget_key(settings, issued.record.key_id)
     return correlations[1]
 
 
@@ -175,12 +192,28 @@ async def _key_store(settings: Settings) -> AsyncIterator[ApiKeyStore]:
 
 
 async def _demo_key(settings: Settings) -> IssuedKey:
-    """A fresh API key of tenant `demo` in the demo's namespace, for this run's asks."""
+    """A fresh API key of tenant `demo` in the demo's namespace, for this run's asks. It
+    expires unless renewed (`_keep_key`): a demo killed outright leaves it for at most
+    KEY_TTL_S."""
     async with _key_store(settings) as store:
-        return await store.add(DEMO_TENANT, "agentflux demo")
+        return await store.add(DEMO_TENANT, "agentflux demo", ttl_s=KEY_TTL_S)
+
+
+async def _keep_key(settings: Settings, key_id: str) -> None:
+    """Renews the demo's key every KEY_RENEW_S while the demo runs (cancelled at its end)."""
+    async with _key_store(settings) as store:
+        while True:
+            await asyncio.sleep(KEY_RENEW_S)
+            try:
+                if not await store.renew(key_id, KEY_TTL_S):
+                    log.warning("the demo's API key %s is gone: its next ask will fail", key_id)
+                    return
+            except (RedisError, OSError) as exc:  # Redis away for a moment: try again
+                log.warning("could not renew the demo's API key: %s", exc)
 
 
 async def _forget_key(settings: Settings, key_id: str) -> None:
     """Deletes the demo's key: the demo leaves no key behind."""
     async with _key_store(settings) as store:
-        await store.delete(key_id)
+        with contextlib.suppress(UnknownKeyIdError):  # expired already
+            await store.delete(key_id)

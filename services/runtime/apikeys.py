@@ -105,6 +105,12 @@ def _key_id(key: str) -> str:
     return key[len(KEY_PREFIX) : len(KEY_PREFIX) + ID_CHARS]
 
 
+def _ttl_ms(ttl_s: float) -> int:
+    if not ttl_s > 0:
+        raise ValueError(f"ttl_s must be positive, got {ttl_s}")
+    return max(1, round(ttl_s * 1000))
+
+
 def check_tenant(tenant: str) -> str:
     """`tenant` when it is a well-formed tenant id, else ValueError."""
     if not _TENANT.fullmatch(tenant):
@@ -175,16 +181,21 @@ class ApiKeyStore:
             settings_keys=parse_settings_keys(settings.api_keys),
         )
 
-    async def add(self, tenant: str, label: str = "") -> IssuedKey:
-        """Makes a key for `tenant` and stores its record; returns the key, once."""
+    async def add(self, tenant: str, label: str = "", *, ttl_s: float | None = None) -> IssuedKey:
+        """Makes a key for `tenant` and stores its record; returns the key, once.
+
+        With `ttl_s` the key lasts that long unless `renew`ed, then is gone as if never
+        made (refused, and no longer listed): a key for a process that may die without
+        its clean-up, such as the demo's, does not outlive it for long."""
         check_tenant(tenant)
         if len(label) > MAX_LABEL_CHARS or not label.isprintable():
             raise ValueError(f"a label is at most {MAX_LABEL_CHARS} printable characters")
+        ttl_ms = None if ttl_s is None else _ttl_ms(ttl_s)
         while True:
             key = new_key()
             digest, key_id = digest_of(key), _key_id(key)
             # Ids are 8 of the key's characters (48 bits): unique by claim, not by luck.
-            if await self.redis.set(self.keys.api_key_id(key_id), digest, nx=True):
+            if await self.redis.set(self.keys.api_key_id(key_id), digest, nx=True, px=ttl_ms):
                 break
         created = int(time.time() * 1000)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -198,10 +209,29 @@ class ApiKeyStore:
                     "revoked": 0,
                 },
             )
+            if ttl_ms is not None:
+                pipe.pexpire(self.keys.api_key(digest), ttl_ms)
+            # The tenant's index keeps an expired key's id; `list` skips ids whose record
+            # is gone, and `delete` takes them out.
             pipe.zadd(self.keys.tenant_keys(tenant), {key_id: created})
             pipe.sadd(self.keys.key_tenants(), tenant)
             await pipe.execute()
         return IssuedKey(key, ApiKey(tenant, key_id, label, created))
+
+    async def renew(self, key_id: str, ttl_s: float) -> bool:
+        """Gives the key with `key_id` `ttl_s` more seconds from now. False when it is
+        gone (expired or deleted), or was made without a `ttl_s` (it then keeps none)."""
+        ttl_ms = _ttl_ms(ttl_s)
+        digest = await self.redis.get(self.keys.api_key_id(key_id)) if key_id else None
+        if digest is None:
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            # XX: only what has an expiry gets a new one; a key made without one stays
+            # without (and is not renewed).
+            pipe.pexpire(self.keys.api_key_id(key_id), ttl_ms, xx=True)
+            pipe.pexpire(self.keys.api_key(_text(digest)), ttl_ms, xx=True)
+            renewed = await pipe.execute()
+        return all(renewed)
 
     async def lookup(self, key: str) -> ApiKey | None:
         """The record of `key` (revoked ones included: the caller decides), or None when

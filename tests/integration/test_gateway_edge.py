@@ -144,6 +144,51 @@ async def test_a_revoked_key_stops_working_at_once(rig: Rig) -> None:
     assert got.run.run_id == run.run_id
 
 
+async def test_a_key_made_to_expire_lasts_while_renewed_and_then_is_gone(rig: Rig) -> None:
+    store, redis, names = keys(rig), rig.store.redis, Keys(rig.settings.namespace)
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    issued = await store.add(tenant, "for a moment", ttl_s=30)
+    key_id, digest = issued.record.key_id, digest_of(issued.key)
+    where = (names.api_key_id(key_id), names.api_key(digest))
+    assert all(0 < ttl <= 30_000 for ttl in [await redis.pttl(k) for k in where])
+    run = (
+        await rig.stub.Submit(
+            gateway_pb2.SubmitRequest(prompt="hi"), metadata=as_key(rig, issued.key)
+        )
+    ).run
+    assert run.tenant_id == tenant
+    assert await store.renew(key_id, 60)
+    assert all(30_000 < ttl <= 60_000 for ttl in [await redis.pttl(k) for k in where])
+
+    # A key made without an expiry is not given one.
+    _, lasting = await new_key(rig, tenant)
+    record = await store.lookup(lasting)
+    assert record is not None
+    assert not await store.renew(record.key_id, 60)
+    assert await redis.pttl(names.api_key(digest_of(lasting))) == -1
+    with pytest.raises(ValueError, match="ttl_s must be positive"):
+        await store.add(tenant, ttl_s=0)
+
+    # Left to expire: refused on every call, no longer listed, and not renewable.
+    short = await store.add(tenant, "shorter", ttl_s=0.3)
+
+    async def gone() -> bool:
+        call = rig.stub.GetRun(
+            gateway_pb2.GetRunRequest(run_id=run.run_id), metadata=as_key(rig, short.key)
+        )
+        try:
+            await call
+        except grpc.aio.AioRpcError as error:
+            return error.code() is grpc.StatusCode.UNAUTHENTICATED
+        return False
+
+    await eventually(gone, timeout=10, what="the expired key to be refused")
+    listed = {k.key_id for k in await store.list(tenant)}
+    assert short.record.key_id not in listed
+    assert {key_id, record.key_id} <= listed
+    assert not await store.renew(short.record.key_id, 60)
+
+
 def traced(rig: Rig, key: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     """A trace id of its own and the metadata that makes a call part of it."""
     trace_id = uuid.uuid4().hex
