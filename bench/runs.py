@@ -16,7 +16,9 @@ produces the result to Kafka, a consumer that appends the answer to a Redis stre
 (XADD), and a grpc.aio `StreamRun` that waits on that stream with XREAD BLOCK. Its names
 live under `bench.<random>.`. **sampled out** (unless `--no-sampled-out`): a second
 `agentflux serve` with the same settings but AGENTFLUX_TRACE_SAMPLE_RATIO=0, in the
-namespace `bench-<random>-s.` with a folder of its own, so its runs record no spans.
+namespace `bench-<random>-s.` with a folder of its own, so its runs record no spans; and
+beside it, its reference **tracing off**: the same with OTEL_SDK_DISABLED=true (the SDK
+switched off: no span at all, not even one that does not record) in `bench-<random>-o.`.
 **bare + state** (unless `--no-floor`): a second bare helper (`--state-trips`, names under
 `bench.<random>-f.`) that also makes, at each step, the Redis round trips the mesh makes
 there (STATE_TRIPS), each a plain SET or XADD from the bare client: the least the
@@ -192,6 +194,12 @@ RATE_LIMIT = 1_000_000_000
 BARE, FLUX, SAMPLED = "bare", "agentflux", "sampled out"
 SPLIT = "agentflux, a process per service"
 FLOOR = "bare + state"
+OFF = "tracing off"
+# The sampled-out side's tracing, and its reference's: the SDK switched off by the
+# standard variable, so no tracer makes anything, not even a span that does not record.
+SAMPLED_OUT = {"AGENTFLUX_TRACE_SAMPLE_RATIO": "0"}
+TRACING_OFF = {"OTEL_SDK_DISABLED": "true"}
+TRACING_VARIABLES = ("AGENTFLUX_TRACE_SAMPLE_RATIO", "OTEL_SDK_DISABLED", "OTEL_TRACES_SAMPLER")
 
 # The Redis round trips a run through the mesh makes at each step of the chain beyond the
 # bare chain's own, at this version (its spans: "What one run costs"; 26 a run, two of
@@ -1454,6 +1462,8 @@ def _header(names: Sequence[str]) -> Row:
     header = ["", BARE, FLUX, f"{FLUX}/{BARE}"]
     if SAMPLED in names:
         header += [SAMPLED, f"{SAMPLED}/{BARE}", f"{SAMPLED}/{FLUX}"]
+    if OFF in names:
+        header += [OFF, f"{SAMPLED}/{OFF}"]
     if FLOOR in names:
         header += [FLOOR, f"{FLOOR}/{BARE}", f"{FLUX}/{FLOOR}"]
     return tuple(header)
@@ -1468,6 +1478,9 @@ def _row(
     if SAMPLED in values:
         x = values[SAMPLED]
         row += [fmt(x), _ratio(x, b) if ratios else "", _ratio(x, f) if ratios else ""]
+    if OFF in values:
+        x = values[OFF]
+        row += [fmt(x), _ratio(values[SAMPLED], x) if ratios else ""]
     if FLOOR in values:
         x = values[FLOOR]
         row += [fmt(x), _ratio(x, b) if ratios else "", _ratio(f, x) if ratios else ""]
@@ -1478,6 +1491,8 @@ def _text_row(label: str, cells: dict[str, str]) -> Row:
     row = [label, cells[BARE], cells[FLUX], ""]
     if SAMPLED in cells:
         row += [cells[SAMPLED], "", ""]
+    if OFF in cells:
+        row += [cells[OFF], ""]
     if FLOOR in cells:
         row += [cells[FLOOR], "", ""]
     return tuple(row)
@@ -1700,10 +1715,11 @@ def breakdown_table(got: dict[str, tuple[list[float], float, int]]) -> str:
 
 
 def mesh_env(
-    ns: str, gateway: int, indexer: int, folder: Path, api_keys: str, sample_ratio: str | None
+    ns: str, gateway: int, indexer: int, folder: Path, api_keys: str, tracing: dict[str, str]
 ) -> dict[str, str]:
     """A mesh's environment: its namespace, ports, index folder and span store, the
-    bench's API key, and its trace sampling (None: the default, every trace)."""
+    bench's API key, and its tracing (`tracing`, added; empty: the defaults, every trace
+    recorded)."""
     env = {
         **os.environ,
         "AGENTFLUX_NAMESPACE": ns,
@@ -1723,10 +1739,9 @@ def mesh_env(
         "PYTHONUNBUFFERED": "1",
     }
     # Not inherited: the full side is what a deployment gets by default.
-    env.pop("AGENTFLUX_TRACE_SAMPLE_RATIO", None)
-    if sample_ratio is not None:
-        env["AGENTFLUX_TRACE_SAMPLE_RATIO"] = sample_ratio
-    return env
+    for name in TRACING_VARIABLES:
+        env.pop(name, None)
+    return env | tracing
 
 
 def _progress(label: str, phases: dict[str, Phase]) -> None:
@@ -1750,8 +1765,9 @@ async def start_sides(
     key: str,
     floor: BareNames | None = None,
 ) -> list[Side]:
-    """The processes (bare, agentflux, sampled out when there is a second namespace, and
-    bare + state when there are `floor` names), started at once and waited for; a client
+    """The processes (bare, agentflux, sampled out and tracing off when there are more
+    namespaces, and bare + state when there are `floor` names), started at once and
+    waited for; a client
     channel to each. Each one is stopped on the way out from the moment it exists."""
     api_keys = f"{BARE_TENANT}:{digest_of(key)}"
     helpers: list[tuple[str, str, BareNames, str, tuple[str, ...]]] = [
@@ -1770,13 +1786,17 @@ async def start_sides(
         procs.append(proc)
         stack.push_async_callback(proc.stop)
         wanted.append((name, proc, port, False))
-    meshes: list[tuple[str, str, Path, str | None]] = [(FLUX, "agentflux serve", folder, None)]
+    meshes: list[tuple[str, str, Path, dict[str, str]]] = [(FLUX, "agentflux serve", folder, {})]
     if len(namespaces) > 1:
-        (folder / "sampled-out").mkdir()
-        meshes.append((SAMPLED, "agentflux serve, sampled out", folder / "sampled-out", "0"))
-    for (name, title, home, ratio), ns in zip(meshes, namespaces, strict=True):
+        for name, title, sub, tracing in (
+            (SAMPLED, "agentflux serve, sampled out", "sampled-out", SAMPLED_OUT),
+            (OFF, "agentflux serve, tracing off", "tracing-off", TRACING_OFF),
+        ):
+            (folder / sub).mkdir()
+            meshes.append((name, title, folder / sub, tracing))
+    for (name, title, home, tracing), ns in zip(meshes, namespaces, strict=True):
         port = free_port()
-        env = mesh_env(ns, port, free_port(), home, api_keys, ratio)
+        env = mesh_env(ns, port, free_port(), home, api_keys, tracing)
         log_file = home / f"serve-{ns.rstrip('.')}.log"
         proc = Child.start(title, [*SERVE], env, log_file)
         procs.append(proc)
@@ -1806,7 +1826,7 @@ async def start_split_side(
     port = free_port()
     # The same settings for every process: each binds only its own service's port (the
     # gateway's, the indexer's; a health port of its own is picked free).
-    env = mesh_env(ns, port, free_port(), home, f"{BARE_TENANT}:{digest_of(key)}", None)
+    env = mesh_env(ns, port, free_port(), home, f"{BARE_TENANT}:{digest_of(key)}", {})
     children = [
         Child.start(f"agentflux serve {svc}", [*SERVE, svc], env, home / f"{svc}.log")
         for svc in SERVICE_NAMES  # what `agentflux serve <service>` takes, one process each
@@ -1935,7 +1955,8 @@ async def run(args: argparse.Namespace) -> int:
     namespaces = [ns]
     sampled = args.sampled_out and not only_knee  # it takes part in no step of the knee
     if sampled:
-        namespaces.append(f"bench-{token}-s.")  # not under `ns`: nor is `ns` under it
+        # Not under `ns`, nor `ns` under them: sampled out, and its reference, tracing off.
+        namespaces += [f"bench-{token}-s.", f"bench-{token}-o."]
     split_ns = f"bench-{token}-p." if args.split and knee_plan is not None else None
     bare = BareNames(f"bench.{token}.")
     # Not under the bare chain's prefix: the clean-up of one must not reach the other's.
@@ -2023,6 +2044,14 @@ async def run(args: argparse.Namespace) -> int:
                     "StreamRun calls (0 expected): does `serve` honour "
                     "AGENTFLUX_TRACE_SAMPLE_RATIO?"
                 )
+            # Its reference must have made no span at all, or it is no reference.
+            off_lines = span_store_lines(folder / "tracing-off" / "traces")
+            check["tracing_off_span_store_lines"] = off_lines
+            if off_lines:
+                failures.append(
+                    f"the tracing-off side wrote {off_lines} spans (0 expected): does "
+                    "`serve` honour OTEL_SDK_DISABLED?"
+                )
     log(f"done in {time.monotonic() - t_all:.1f} s")
     print(report(found, plan, knee_plan, rate, bool(pids)))
     if failures:
@@ -2077,7 +2106,7 @@ def report(
     parts = []
     ratios = "ratios: agentflux / bare"
     if any(SAMPLED in phases for phases in results.values()):
-        ratios += ", sampled out / bare, sampled out / agentflux"
+        ratios += ", sampled out / bare, sampled out / agentflux, sampled out / tracing off"
     if any(FLOOR in phases for phases in results.values()):
         ratios += ", bare + state / bare, agentflux / bare + state"
     if "sequential" in results:
@@ -2112,7 +2141,8 @@ def report(
             f"{check['span_store_lines']} spans in all; {check['run_trace_spans']} in the "
             f"traces of {check['runs_with_spans']} runs, {check['streamrun_trace_spans']} in "
             f"StreamRun calls' traces: {verdict}. What one run costs and where the time goes "
-            "come from spans: not for this side.",
+            "come from spans: not for this side. Tracing off (OTEL_SDK_DISABLED=true), its "
+            f"reference: {check.get('tracing_off_span_store_lines', 0)} spans in all.",
         ]
     costs = found.costs
     if costs and "sequential" in results:
@@ -2201,13 +2231,14 @@ def to_json(
         "answer": ANSWER,
         "sides": [
             n
-            for n in (BARE, FLUX, SAMPLED, FLOOR, SPLIT)
+            for n in (BARE, FLUX, SAMPLED, OFF, FLOOR, SPLIT)
             if n in found.sweeps or any(n in p for p in found.results.values())
         ],
         "mesh_settings": {
             "api_key": "from AGENTFLUX_API_KEYS",
             "rate_limit": RATE_LIMIT,
-            "sampled_out_trace_sample_ratio": 0.0,
+            "sampled_out": SAMPLED_OUT,
+            "tracing_off": TRACING_OFF,
             # The bare helper runs on the same loop (its main).
             "event_loop": lifecycle.loop_factory(Settings().event_loop)[0],
         },
@@ -2272,8 +2303,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--sampled-out",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="a third side: `agentflux serve` with AGENTFLUX_TRACE_SAMPLE_RATIO=0, one at a "
-        "time and in the closed loop (default: on)",
+        help="two sides: `agentflux serve` with AGENTFLUX_TRACE_SAMPLE_RATIO=0, and its "
+        "reference with tracing off (OTEL_SDK_DISABLED=true), one at a time and in the "
+        "closed loop (default: on)",
     )
     parser.add_argument(
         "--floor",

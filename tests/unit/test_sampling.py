@@ -123,6 +123,27 @@ def test_a_sampled_out_trace_records_nothing_downstream_but_keeps_its_context() 
     assert ctx.idempotency_key == "run-1:requested"
 
 
+def test_with_the_sdk_disabled_nothing_is_traced_and_the_context_still_travels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # OTEL_SDK_DISABLED (the standard variable) turns tracing off entirely: no span, not
+    # even a non-recording one with ids of its own. The benches' reference for what a
+    # sampled-out run still pays for tracing; the services must work without it.
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    up, up_kept = telemetry("up", None)
+    down, down_kept = telemetry("down", None)
+    with up.tracer.start_as_current_span("root") as span:
+        assert not span.get_span_context().is_valid
+    headers, ctx = asyncio.run(hop(up, down, Topic()))
+    up.flush()
+    down.flush()
+    assert up_kept.spans == []
+    assert down_kept.spans == []
+    assert "traceparent" not in dict(headers)
+    assert ctx.correlation_id == "corr-1"
+    assert ctx.idempotency_key == "run-1:requested"
+
+
 def test_a_sampled_trace_is_recorded_whole_even_where_the_ratio_is_zero() -> None:
     up, up_kept = telemetry("up", 1.0)
     down, down_kept = telemetry("down", 0.0)
