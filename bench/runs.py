@@ -31,18 +31,19 @@ Submit("what is 6*7"), then StreamRun until `finished`, both with the bench's AP
 (the gateway requires one; the bare chain ignores it). The run latency is Submit -> `finished`
 received.
 
-Four measurements, each in interleaved rounds (bare, bare + state, agentflux, sampled
-out, then the reverse order) after a warm-up, with gc before each round: (1) one run at a time:
-p50/p90/p99 and the ratios to bare and to agentflux; (2) a fixed open-loop load (`--rate`
-runs/s, started on schedule whether or not earlier runs finished): latency and whether
-bare and agentflux kept up; (3) closed loop, K runs in flight: runs/s; (4) the knee: an
-open-loop sweep of bare and agentflux at rising rates, up to the highest rate that each
-keeps up with at a p99 within twice its p99 at the lowest rate. Per side and phase it also
-meters CPU seconds of the services' process, of this process (the client) and of the
-stack's processes. After the run it splits the latencies (one at a time, and K in flight)
-into hops, from the mesh's spans and from the bare chain's own timestamps, counts what one
-run costs the mesh (spans, Redis and Memcached commands, messages) from the same spans,
-and checks that the sampled-out side's span store holds no span of its runs.
+Four measurements, each in interleaved rounds (bare, bare + state, agentflux, sampled out,
+tracing off, then the reverse order) after a warm-up, with gc before each round: (1) one
+run at a time: p50/p90/p99 and the ratios to bare and to agentflux; (2) a fixed open-loop
+load (`--rate` runs/s, started on schedule whether or not earlier runs finished): latency
+and whether bare and agentflux kept up; (3) closed loop, K runs in flight: runs/s; (4) the
+knee: an open-loop sweep of bare and agentflux at rising rates, up to the highest rate
+that each keeps up with at a p99 within twice its p99 at the lowest rate. Per side and
+phase it also meters CPU seconds of the services' process, of this process (the client)
+and of the stack's processes. After the run it splits the latencies (one at a time, and K
+in flight) into hops, from the mesh's spans and from the bare chain's own timestamps,
+counts what one run costs the mesh (spans, Redis and Memcached commands, messages) from
+the same spans, and checks that the sampled-out side's span store holds no span of its
+runs (and the tracing-off side's no span at all).
 
 Every agentflux run must end COMPLETED with the answer "6*7 = 42." (its answer deltas
 joined too) and every bare run must return it; anything else fails the bench. Everything
@@ -1457,8 +1458,9 @@ Row = tuple[str, ...]
 
 
 def _header(names: Sequence[str]) -> Row:
-    """bare, agentflux and its ratio; then sampled out and its ratios to both, and bare
-    + state, its ratio to bare and agentflux's to it, if run."""
+    """bare, agentflux and its ratio; then, for each side that ran, sampled out and its
+    ratios to both, tracing off and sampled out's ratio to it, and bare + state with its
+    ratio to bare and agentflux's to it."""
     header = ["", BARE, FLUX, f"{FLUX}/{BARE}"]
     if SAMPLED in names:
         header += [SAMPLED, f"{SAMPLED}/{BARE}", f"{SAMPLED}/{FLUX}"]
@@ -1680,9 +1682,10 @@ def cost_table(costs: dict[str, float], bare_xreads: float, floor_xreads: float 
     if floor_xreads is None:
         return _markdown(header, body)
     # bare + state: the bare chain's commands and STATE_TRIPS, each a round trip.
-    floor = {label: f"{floor_commands(step)}" for label, _, _, step in REDIS_ROWS if step}
-    floor[REDIS_ROWS[3][0]] = f"{floor_commands('composer') + 2}"  # and its own pipeline
-    floor[REDIS_ROWS[5][0]] = (
+    row_of = {step: text for text, _, _, step in REDIS_ROWS if step}
+    floor = {row_of[step]: f"{floor_commands(step)}" for step in row_of}
+    floor[row_of["composer"]] = f"{floor_commands('composer') + 2}"  # and its own pipeline
+    floor[row_of["stream"]] = (
         f"{floor_xreads + floor_commands('stream'):g} ({floor_xreads:g} XREAD BLOCK)"
     )
     added = sum(floor_commands(step) for step in STATE_TRIPS)
@@ -1767,8 +1770,8 @@ async def start_sides(
 ) -> list[Side]:
     """The processes (bare, agentflux, sampled out and tracing off when there are more
     namespaces, and bare + state when there are `floor` names), started at once and
-    waited for; a client
-    channel to each. Each one is stopped on the way out from the moment it exists."""
+    waited for; a client channel to each. Each one is stopped on the way out from the
+    moment it exists."""
     api_keys = f"{BARE_TENANT}:{digest_of(key)}"
     helpers: list[tuple[str, str, BareNames, str, tuple[str, ...]]] = [
         (BARE, "bare chain", bare, "bare", ())
@@ -2279,7 +2282,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="fewer runs and shorter steps (about 2 minutes instead of about 7)",
+        help="fewer runs and shorter steps (about 3 minutes instead of about 9)",
     )
     parser.add_argument(
         "--rate",
